@@ -1,0 +1,326 @@
+#!/usr/bin/env -S npx tsx
+// client.ts: the remote end of urlserver. It listens on a private Unix socket
+// for URLs (from send.ts, or anything that writes a line to the socket) and
+// forwards them over stdout, the SSH channel, to server.ts on the desktop.
+//
+// server.ts starts it for you over ssh; to try it by hand:
+//   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
+//   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
+//   deno run --allow-read --allow-write --allow-env --allow-sys client.ts
+//   bun client.ts
+//
+// It exits when its stdin (the channel from the server) ends, when the server
+// has been silent for three heartbeat intervals, or on a signal, and removes
+// its socket each time. Exit codes: 0 server went away, 64 usage, 69 another
+// client is serving the socket, 70 internal error, 75 server silent,
+// 76 protocol mismatch, 77 unsafe socket directory, 128+N signal N.
+
+import { lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
+import { connect, createServer } from "node:net";
+import type { Server, Socket } from "node:net";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+
+const PROGRAM = "client";
+const USAGE = `Usage: client.ts [--socket PATH]
+
+Listen on a Unix socket for URLs and forward them over stdout to server.ts.
+Normally started by server.ts over ssh; it exits when its stdin ends.
+
+Options:
+  --socket PATH   the socket to listen on ($URLSERVER_SOCKET, else
+                  $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
+  -h, --help      show this help
+
+Exit codes: 0 server went away, 64 usage, 69 another client is serving the
+socket, 70 internal error, 75 server silent for 3 heartbeats, 76 protocol
+mismatch, 77 unsafe socket directory, 128+N ended by signal N (141: stdout closed)
+`;
+
+// BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
+// Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
+const cleanups: Array<() => void> = [];
+function exitNow(code: number): never {
+  for (const cleanup of cleanups.splice(0).reverse()) {
+    try { cleanup(); } catch { /* exiting anyway */ }
+  }
+  process.exit(code);
+}
+for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGTERM", 15]] as const) {
+  process.on(signal, () => exitNow(128 + number));
+}
+// Node reports a vanished reader as EPIPE rather than dying of SIGPIPE: end as if it had.
+process.stdout.on("error", () => exitNow(128 + 13));
+process.stderr.on("error", () => exitNow(128 + 13));
+function crash(error: unknown): never {
+  process.stderr.write(`${PROGRAM}: internal error: ${error instanceof Error ? error.message : error}\n`);
+  return exitNow(70);
+}
+process.on("uncaughtException", crash);
+process.on("unhandledRejection", crash);
+// END exit stanza
+
+const PROTOCOL = "urlserver/1";
+const MAX_LINE_BYTES = 8192;
+const IDLE_MS = 10_000;
+const DEFAULT_KEEPALIVE_SECONDS = 15;
+
+type Pending = { resolve: (answer: string) => void };
+
+async function main(argv: string[]): Promise<number> {
+  let socketPath: string;
+  try {
+    const { values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: { socket: { type: "string" }, help: { type: "boolean", short: "h" } },
+    });
+    if (values.help) {
+      process.stdout.write(USAGE);
+      return 0;
+    }
+    socketPath = resolveSocketPath(values.socket);
+  } catch (error) {
+    return usageError((error as Error).message);
+  }
+
+  const refusal = prepareSocketDirectory(socketPath) ?? (await clearStaleSocket(socketPath));
+  if (refusal) {
+    process.stderr.write(`${PROGRAM}: ${refusal.message}\n`);
+    return refusal.code;
+  }
+  const listener = await listenPrivately(socketPath);
+  if (listener instanceof Error) {
+    process.stderr.write(`${PROGRAM}: cannot listen on "${socketPath}": ${listener.message}\n`);
+    return 69;
+  }
+  const ours = statSync(socketPath);
+  cleanups.push(() => removeOwnSocket(socketPath, ours.dev, ours.ino));
+
+  return serveUntilServerGone(listener, socketPath);
+}
+
+function usageError(message: string): number {
+  process.stderr.write(`${PROGRAM}: ${message}\nRun "client.ts --help" for usage.\n`);
+  return 64;
+}
+
+// Never a path in the home directory: homes are often shared over NFS between
+// hosts, and every host's client would fight over one socket there.
+function resolveSocketPath(option: string | undefined): string {
+  const runtimeDir = process.env.XDG_RUNTIME_DIR;
+  return option || process.env.URLSERVER_SOCKET ||
+    (runtimeDir ? `${runtimeDir}/urlserver.sock` : `/tmp/urlserver-${process.getuid?.() ?? 0}/sock`);
+}
+
+// /tmp/urlserver-UID is ours only if we made it or it is already private to us,
+// as tmux does for its socket directory.
+function prepareSocketDirectory(socketPath: string): { code: number; message: string } | undefined {
+  const uid = process.getuid?.();
+  const directory = `/tmp/urlserver-${uid}`;
+  if (uid === undefined || !socketPath.startsWith(`${directory}/`)) return undefined;
+  try {
+    mkdirSync(directory, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  }
+  const info = lstatSync(directory);
+  if (!info.isDirectory() || info.uid !== uid || (info.mode & 0o077) !== 0) {
+    const why = !info.isDirectory() ? "it is not a directory"
+      : info.uid !== uid ? `it is owned by uid ${info.uid}, not ${uid}`
+      : `its mode ${(info.mode & 0o777).toString(8)} lets others in`;
+    return { code: 77, message: `refusing to use socket directory "${directory}": ${why}` };
+  }
+  return undefined;
+}
+
+// A socket nobody answers on was left by a killed client and may be replaced;
+// one that answers belongs to a live client and is never taken over.
+async function clearStaleSocket(socketPath: string): Promise<{ code: number; message: string } | undefined> {
+  let info;
+  try {
+    info = lstatSync(socketPath);
+  } catch {
+    return undefined;
+  }
+  if (!info.isSocket()) {
+    return { code: 69, message: `"${socketPath}" exists and is not a socket: not touching it` };
+  }
+  const answered = await new Promise<boolean>((resolve) => {
+    const probe = connect(socketPath);
+    probe.on("connect", () => { probe.destroy(); resolve(true); });
+    probe.on("error", () => resolve(false));
+  });
+  if (answered) {
+    return { code: 69, message: `another client is already listening on "${socketPath}"` };
+  }
+  unlinkSync(socketPath);
+  return undefined;
+}
+
+// The umask makes the socket owner-only from the moment it exists: no
+// create-then-chmod window in which another user could connect.
+function listenPrivately(socketPath: string): Promise<Server | Error> {
+  const listener = createServer({ allowHalfOpen: true }, serveConnection);
+  const previousUmask = process.umask(0o177);
+  return new Promise((resolve) => {
+    listener.once("error", (error) => { process.umask(previousUmask); resolve(error); });
+    listener.listen(socketPath, () => { process.umask(previousUmask); resolve(listener); });
+  });
+}
+
+// An old client dying late must not delete the socket of the one that replaced it.
+function removeOwnSocket(socketPath: string, dev: number, ino: number): void {
+  const now = statSync(socketPath, { throwIfNoEntry: false });
+  if (now && now.dev === dev && now.ino === ino) unlinkSync(socketPath);
+}
+
+// The session: hello, then URLs out and answers in, until stdin ends.
+const pending = new Map<string, Pending>();
+let nextId = 1;
+let allowedSchemes: Set<string> | undefined;
+
+function serveUntilServerGone(listener: Server, socketPath: string): Promise<number> {
+  listener.on("error", crash);
+  sendToServer(`hello ${PROTOCOL} runtime=${runtimeName()} pid=${process.pid} socket=${encodeURIComponent(socketPath)}`);
+  return new Promise((resolve) => {
+    const silence = silenceWatch(resolve);
+    const channel = createInterface({ input: process.stdin, crlfDelay: Infinity });
+    channel.on("line", (line) => {
+      silence.heard();
+      const failure = handleServerLine(line, silence);
+      if (failure !== undefined) resolve(failure);
+    });
+    // The server, its ssh or the network is gone: stop claiming we can deliver.
+    channel.on("close", () => resolve(0));
+  });
+}
+
+function runtimeName(): string {
+  const versions = process.versions as Record<string, string | undefined>;
+  if (versions.deno) return `deno/${versions.deno}`;
+  if (versions.bun) return `bun/${versions.bun}`;
+  return `node/${process.versions.node}`;
+}
+
+function sendToServer(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+// Exits when the server has said nothing for three heartbeat intervals. Until
+// the server's hello sets the interval the default applies, except when a
+// person is typing at stdin to try the client by hand.
+function silenceWatch(resolve: (code: number) => void) {
+  let intervalMs = DEFAULT_KEEPALIVE_SECONDS * 1000;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const arm = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      process.stderr.write(`${PROGRAM}: no word from the server for ${(3 * intervalMs) / 1000} s: connection lost\n`);
+      resolve(75);
+    }, 3 * intervalMs);
+  };
+  if (!process.stdin.isTTY) arm();
+  return {
+    heard: () => { if (timer) arm(); },
+    setInterval: (seconds: number) => { intervalMs = seconds * 1000; arm(); },
+  };
+}
+
+function handleServerLine(line: string, silence: { setInterval: (seconds: number) => void }): number | undefined {
+  const [verb, id, ...rest] = line.split(" ");
+  if (verb === "ping") {
+    sendToServer("pong");
+  } else if (verb === "ok" || verb === "error") {
+    const waiter = pending.get(id);
+    pending.delete(id);
+    waiter?.resolve(verb === "ok" ? "ok" : `error ${rest.join(" ") || "refused"}`);
+  } else if (verb === "hello") {
+    if (id !== PROTOCOL) {
+      process.stderr.write(`${PROGRAM}: the server speaks "${id}", this client speaks "${PROTOCOL}": use matching copies of server.ts and client.ts\n`);
+      return 76;
+    }
+    const fields = new URLSearchParams(rest.join("&"));
+    const keepalive = Number(fields.get("keepalive"));
+    if (keepalive > 0) silence.setInterval(keepalive);
+    allowedSchemes = new Set((fields.get("schemes") ?? "").split(",").filter(Boolean));
+  }
+  return undefined;
+}
+
+// One connection: URLs in, one line each; answers out in the same order.
+function serveConnection(connection: Socket): void {
+  const answers: Array<{ text?: string }> = [];
+  let buffered = Buffer.alloc(0);
+  let closing = false;
+  let idleTimer = setTimeout(() => refuseAndClose(`no complete line within ${IDLE_MS / 1000} s`), IDLE_MS);
+
+  const flush = () => {
+    while (answers.length > 0 && answers[0].text !== undefined) {
+      if (!connection.destroyed) connection.write(`${answers.shift()!.text}\n`);
+      else answers.shift();
+    }
+    if (answers.length === 0 && (closing || connection.readableEnded)) {
+      connection.end(() => connection.destroy());
+    }
+  };
+  // Reserve the next answer's place; the returned function fills it in.
+  const answer = () => {
+    const slot: { text?: string } = {};
+    answers.push(slot);
+    return (final: string) => { slot.text = final; flush(); };
+  };
+  // Stop reading at once (the rest of an overlong line is never buffered) and
+  // close once the earlier lines have their answers.
+  const refuseAndClose = (reason: string) => {
+    clearTimeout(idleTimer);
+    closing = true;
+    connection.pause();
+    connection.removeAllListeners("data");
+    answer()(`error ${reason}`);
+  };
+
+  connection.on("data", (chunk: Buffer) => {
+    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    let newline;
+    while ((newline = buffered.indexOf(10)) !== -1) {
+      const line = buffered.subarray(0, newline);
+      buffered = buffered.subarray(newline + 1);
+      if (line.length > MAX_LINE_BYTES + 1) return refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
+      clearTimeout(idleTimer);
+      idleTimer = setTimeout(() => refuseAndClose(`no complete line within ${IDLE_MS / 1000} s`), IDLE_MS);
+      forward(line, answer());
+    }
+    if (buffered.length > MAX_LINE_BYTES + 1) refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
+  });
+  connection.on("end", () => {
+    clearTimeout(idleTimer);
+    // A line without its newline may have been cut short: never open it.
+    if (buffered.length > 0 && !closing) answer()("error incomplete line (no newline before the end of input)");
+    flush();
+  });
+  connection.on("error", () => connection.destroy());
+  connection.on("close", () => clearTimeout(idleTimer));
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+// Refuse here what this end can tell is wrong; the server checks everything again.
+function forward(raw: Buffer, settle: (answer: string) => void): void {
+  let url;
+  try {
+    url = strictUtf8.decode(raw).replace(/\r$/, "");
+  } catch {
+    return settle("error line is not valid UTF-8");
+  }
+  if (url === "") return settle("error empty line");
+  if (/[\p{Cc}\p{Cf}\s]/u.test(url)) return settle("error URL contains whitespace or control characters");
+  if (!URL.canParse(url)) return settle("error not a URL");
+  const scheme = new URL(url).protocol.slice(0, -1);
+  if (allowedSchemes && !allowedSchemes.has(scheme)) return settle(`error scheme "${scheme}" is not allowed`);
+  const id = String(nextId++);
+  pending.set(id, { resolve: settle });
+  sendToServer(`open ${id} ${url}`);
+}
+
+main(process.argv.slice(2)).then(exitNow, crash);

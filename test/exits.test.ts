@@ -1,0 +1,117 @@
+// Ensures each end notices at once when the other end or the connection is
+// gone, exits, and leaves no socket behind: every row of the README's exit table,
+// with real processes (server.ts, the fake ssh relay, client.ts).
+
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { test } from "node:test";
+import { isAlive, killIfAlive, send, startSession, waitForExit, waitUntil } from "./helpers.ts";
+
+// The product's promise for every row but the silent network.
+const PROMPT_MS = 1000;
+
+test("client killed with SIGTERM: server exits non-zero within 1 s saying so; socket removed", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  const killed = performance.now();
+  process.kill(session.clientPid, "SIGTERM");
+  const exit = await waitForExit(session.server, 5000, "server");
+  assert.ok(exit.at - killed < PROMPT_MS, `server took ${Math.round(exit.at - killed)} ms`);
+  assert.equal(exit.code, 69);
+  assert.match(session.server.stderr.text(), /testhost: disconnected: /);
+  await waitUntil(() => !existsSync(session.socket), PROMPT_MS, "the client to remove its socket");
+});
+
+test("client killed with SIGKILL: server exits within 1 s; the stale socket is replaced by the next client", { timeout: 30_000 }, async (t) => {
+  const first = await startSession(t);
+  const killed = performance.now();
+  process.kill(first.clientPid, "SIGKILL");
+  const exit = await waitForExit(first.server, 5000, "server");
+  assert.ok(exit.at - killed < PROMPT_MS, `server took ${Math.round(exit.at - killed)} ms`);
+  assert.equal(exit.code, 69);
+  assert.ok(existsSync(first.socket), "a SIGKILLed client cannot remove its socket");
+
+  const second = await startSession(t, [], { dir: first.dir });
+  const result = await send(t, second, ["https://example.org/after-stale"]);
+  assert.equal(result.code, 0, result.stderr);
+});
+
+for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+  test(`ssh killed with ${signal}: server exits non-zero and client exits within 1 s; socket removed`, { timeout: 20_000 }, async (t) => {
+    const session = await startSession(t);
+    const killed = performance.now();
+    process.kill(session.sshPid, signal);
+    const exit = await waitForExit(session.server, 5000, "server");
+    assert.ok(exit.at - killed < PROMPT_MS, `server took ${Math.round(exit.at - killed)} ms`);
+    assert.equal(exit.code, 69);
+    assert.match(session.server.stderr.text(), /disconnected: /);
+    const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
+    assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
+    assert.equal(existsSync(session.socket), false, "socket left behind");
+  });
+}
+
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]] as const) {
+  test(`server gets ${signal}: server exits ${code} and client exits within 1 s; socket removed`, { timeout: 20_000 }, async (t) => {
+    const session = await startSession(t);
+    const signalled = performance.now();
+    process.kill(session.server.pid, signal);
+    const exit = await waitForExit(session.server, 5000, "server");
+    assert.ok(exit.at - signalled < PROMPT_MS, `server took ${Math.round(exit.at - signalled)} ms`);
+    assert.equal(exit.code, code);
+    const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
+    assert.ok(clientGone - signalled < PROMPT_MS, `client took ${Math.round(clientGone - signalled)} ms`);
+    assert.equal(existsSync(session.socket), false, "socket left behind");
+    assert.equal(isAlive(session.sshPid), false, "ssh left running");
+  });
+}
+
+test("server killed with SIGKILL: client exits within 1 s on stdin EOF; socket removed", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  const killed = performance.now();
+  process.kill(session.server.pid, "SIGKILL");
+  const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
+  assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
+  assert.equal(existsSync(session.socket), false, "socket left behind");
+});
+
+test("server killed with SIGKILL in --local mode: client exits within 1 s; socket removed", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t, [], { local: true });
+  const killed = performance.now();
+  process.kill(session.server.pid, "SIGKILL");
+  const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
+  assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
+  assert.equal(existsSync(session.socket), false, "socket left behind");
+});
+
+test("network silently broken (ssh frozen): both ends exit within 3 x keepalive; send.ts then fails at once", { timeout: 30_000 }, async (t) => {
+  const keepalive = 1;
+  const bound = 3 * keepalive * 1000 + 1500;
+  const session = await startSession(t, ["--keepalive", String(keepalive)]);
+  // A stopped relay carries nothing and closes nothing, like a dead network.
+  process.kill(session.sshPid, "SIGSTOP");
+  t.after(() => killIfAlive(session.sshPid));
+  const frozen = performance.now();
+  const exit = await waitForExit(session.server, bound + 2000, "server");
+  assert.ok(exit.at - frozen < bound, `server took ${Math.round(exit.at - frozen)} ms`);
+  assert.equal(exit.code, 69);
+  assert.match(session.server.stderr.text(), /no word from the client for 3 s: connection lost/);
+  const clientGone = await waitUntil(() => !isAlive(session.clientPid), bound + 2000, "the client to exit");
+  assert.ok(clientGone - frozen < bound, `client took ${Math.round(clientGone - frozen)} ms`);
+  assert.equal(existsSync(session.socket), false, "socket left behind");
+
+  const result = await send(t, session, ["https://example.org/too-late"]);
+  assert.equal(result.code, 69);
+  assert.ok(result.ms < 1000 + 1500, `send.ts took ${Math.round(result.ms)} ms to fail`);
+  assert.equal(result.stderr, `send: cannot connect to "${session.socket}": no server is connected on this host`);
+});
+
+test("server's stderr closed (EPIPE): server exits 141 at its next log line, client exits, socket removed", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  session.server.child.stderr!.destroy();
+  // Any URL makes the server write a log line into the closed pipe.
+  await send(t, session, ["https://example.org/epipe"]);
+  const exit = await waitForExit(session.server, 5000, "server");
+  assert.equal(exit.code, 141);
+  await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
+  assert.equal(existsSync(session.socket), false, "socket left behind");
+});

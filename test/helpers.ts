@@ -1,0 +1,222 @@
+// Shared test fixtures: real processes, bounded waits on events, and cleanup
+// that stops every process a test started, by pid, even when the test fails.
+
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import type { TestContext } from "node:test";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = fileURLToPath(new URL("..", import.meta.url));
+export const FAKE_SSH = join(ROOT, "test/fixtures/fake-ssh.mjs");
+export const FAKE_BROWSER = join(ROOT, "test/fixtures/fake-browser.sh");
+// The remote command the tests give server.ts: the real client, run here.
+export const CLIENT_COMMAND = `exec ${process.execPath} --import tsx ${join(ROOT, "client.ts")}`;
+
+/** A fresh directory for this test, short enough for Unix socket paths, removed afterwards. */
+export function tempDir(t: TestContext): string {
+  const dir = mkdtempSync("/tmp/us-");
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Lines of a child's stream, kept for waiting on and for failure messages. */
+export class Lines {
+  readonly seen: string[] = [];
+  ended = false;
+  private waiters: Array<() => void> = [];
+  constructor(readonly name: string, stream: Readable) {
+    let partial = "";
+    stream.setEncoding("utf8");
+    stream.on("data", (chunk: string) => {
+      const parts = (partial + chunk).split("\n");
+      partial = parts.pop()!;
+      this.seen.push(...parts);
+      this.wake();
+    });
+    stream.on("end", () => {
+      if (partial) this.seen.push(partial);
+      this.ended = true;
+      this.wake();
+    });
+    stream.on("error", () => {});
+  }
+  private wake() {
+    for (const waiter of this.waiters.splice(0)) waiter();
+  }
+  /** The first line matching pattern, waiting up to timeoutMs for it. */
+  waitFor(pattern: RegExp, timeoutMs = 5000): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(
+        `timed out after ${timeoutMs} ms waiting for ${pattern} on ${this.name}; it said:\n${this.text()}`)), timeoutMs);
+      const check = () => {
+        const line = this.seen.find((l) => pattern.test(l));
+        if (line !== undefined) {
+          clearTimeout(timer);
+          resolve(line);
+        } else if (this.ended) {
+          clearTimeout(timer);
+          reject(new Error(`${this.name} ended without a line matching ${pattern}; it said:\n${this.text()}`));
+        } else {
+          this.waiters.push(check);
+        }
+      };
+      check();
+    });
+  }
+  text(): string {
+    return this.seen.join("\n");
+  }
+}
+
+export type Exit = { code: number | null; signal: NodeJS.Signals | null; at: number };
+
+export type Proc = {
+  child: ChildProcess;
+  pid: number;
+  stdout: Lines;
+  stderr: Lines;
+  exited: Promise<Exit>;
+  alive: () => boolean;
+};
+
+/** Starts a process with piped stdio; the test kills it in t.after if it is still alive. */
+export function start(t: TestContext, name: string, command: string, args: string[],
+  options: { env?: Record<string, string>; stdin?: "pipe" | "ignore" } = {}): Proc {
+  const child = spawn(command, args, {
+    cwd: ROOT,
+    env: { ...process.env, ...options.env },
+    stdio: [options.stdin ?? "pipe", "pipe", "pipe"],
+  });
+  let done = false;
+  const exited = new Promise<Exit>((resolve) => {
+    child.on("exit", (code, signal) => {
+      done = true;
+      resolve({ code, signal, at: performance.now() });
+    });
+  });
+  t.after(() => killIfAlive(child.pid!));
+  return {
+    child,
+    pid: child.pid!,
+    stdout: new Lines(`${name} stdout`, child.stdout!),
+    stderr: new Lines(`${name} stderr`, child.stderr!),
+    exited,
+    alive: () => !done,
+  };
+}
+
+/** Starts one of the project's scripts under Node with tsx. */
+export function startScript(t: TestContext, script: "server.ts" | "client.ts" | "send.ts", args: string[],
+  options: { env?: Record<string, string>; stdin?: "pipe" | "ignore" } = {}): Proc {
+  return start(t, script, process.execPath, ["--import", "tsx", join(ROOT, script), ...args], options);
+}
+
+/** Runs a script to completion (bounded) and returns its exit and output. */
+export async function run(t: TestContext, script: "server.ts" | "client.ts" | "send.ts", args: string[],
+  options: { env?: Record<string, string>; timeoutMs?: number } = {}) {
+  const started = performance.now();
+  const proc = startScript(t, script, args, { ...options, stdin: "ignore" });
+  const exit = await waitForExit(proc, options.timeoutMs ?? 15_000, script);
+  await Promise.all([proc.stdout, proc.stderr].map((lines) => waitUntil(() => lines.ended, 2000, `${lines.name} to end`)));
+  return { ...exit, ms: exit.at - started, stdout: proc.stdout.text(), stderr: proc.stderr.text() };
+}
+
+export function killIfAlive(pid: number, signal: NodeJS.Signals = "SIGKILL"): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+/** Whether pid is still running; a zombie waiting for a stopped parent to reap it is not. */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    return !/^\d+ \(.*\) Z/s.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+/** Waits for a process to exit, failing with a message after timeoutMs. */
+export function waitForExit(proc: Proc, timeoutMs: number, what = "the process"): Promise<Exit> {
+  return Promise.race([
+    proc.exited,
+    new Promise<never>((_, reject) => {
+      const timer = setTimeout(() => reject(new Error(
+        `${what} (pid ${proc.pid}) did not exit within ${timeoutMs} ms; stderr:\n${proc.stderr.text()}`)), timeoutMs);
+      proc.exited.then(() => clearTimeout(timer));
+    }),
+  ]);
+}
+
+/**
+ * Polls a condition that has no event to wait on (a file appearing, a pid
+ * that is not our child going away), failing after timeoutMs.
+ */
+export async function waitUntil(condition: () => boolean, timeoutMs: number, what: string): Promise<number> {
+  const started = performance.now();
+  while (!condition()) {
+    if (performance.now() - started > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return performance.now();
+}
+
+/** The fake browser's record: one [argument count, last argument] per run. */
+export function opened(logPath: string): Array<[number, string]> {
+  if (!existsSync(logPath)) return [];
+  return readFileSync(logPath, "utf8").split("\n").filter(Boolean).map((line) => {
+    const tab = line.indexOf("\t");
+    return [Number(line.slice(0, tab)), line.slice(tab + 1)];
+  });
+}
+
+export type Session = {
+  dir: string;
+  socket: string;
+  browserLog: string;
+  sshLog: string;
+  server: Proc;
+  clientPid: number;
+  sshPid: number;
+  env: Record<string, string>;
+};
+
+/**
+ * Starts server.ts with the fake ssh (or --local) and the fake browser, and
+ * waits until the client has said hello and its socket exists.
+ */
+export async function startSession(t: TestContext, extraArgs: string[] = [],
+  options: { local?: boolean; dir?: string; remoteCommand?: string } = {}): Promise<Session> {
+  const dir = options.dir ?? tempDir(t);
+  const socket = join(dir, "sock");
+  const browserLog = join(dir, "opened");
+  const sshLog = join(dir, "ssh.log");
+  const env = { URLSERVER_SOCKET: socket, FAKE_BROWSER_LOG: browserLog, FAKE_SSH_LOG: sshLog };
+  const transport = options.local ? ["--local"] : ["--ssh", FAKE_SSH, "--remote-command", options.remoteCommand ?? CLIENT_COMMAND];
+  const server = startScript(t, "server.ts", [...transport, "--browser", FAKE_BROWSER, ...extraArgs, "testhost"], { env });
+  const hello = await server.stderr.waitFor(/connected: client pid \d+/, 10_000);
+  const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
+  t.after(() => killIfAlive(clientPid));
+  let sshPid = 0;
+  if (!options.local) {
+    sshPid = JSON.parse(readFileSync(sshLog, "utf8").split("\n")[0]).pid;
+    t.after(() => killIfAlive(sshPid));
+  }
+  await waitUntil(() => existsSync(socket), 2000, `socket ${socket}`);
+  return { dir, socket, browserLog, sshLog, server, clientPid, sshPid, env };
+}
+
+/** Runs send.ts against a session's socket. */
+export function send(t: TestContext, session: { env: Record<string, string> }, args: string[], timeoutMs = 15_000) {
+  return run(t, "send.ts", args, { env: session.env, timeoutMs });
+}
