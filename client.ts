@@ -15,7 +15,7 @@
 // client is serving the socket, 70 internal error, 75 server silent,
 // 76 protocol mismatch, 77 unsafe socket directory, 128+N signal N.
 
-import { lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
+import { lstatSync, mkdirSync, rmSync, statSync, unlinkSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { createInterface } from "node:readline";
@@ -81,7 +81,7 @@ async function main(argv: string[]): Promise<number> {
     }
     socketPath = resolveSocketPath(values.socket);
   } catch (error) {
-    return usageError((error as Error).message);
+    return usageError((error as Error).message.split("\n")[0]);
   }
 
   const refusal = prepareSocketDirectory(socketPath) ?? (await clearStaleSocket(socketPath));
@@ -91,7 +91,8 @@ async function main(argv: string[]): Promise<number> {
   }
   const listener = await listenPrivately(socketPath);
   if (listener instanceof Error) {
-    process.stderr.write(`${PROGRAM}: cannot listen on "${socketPath}": ${listener.message}\n`);
+    const why = (listener as NodeJS.ErrnoException).code === "EADDRINUSE" ? "another client has just started listening there" : listener.message;
+    process.stderr.write(`${PROGRAM}: cannot listen on "${socketPath}": ${why}\n`);
     return 69;
   }
   const ours = statSync(socketPath);
@@ -154,7 +155,8 @@ async function clearStaleSocket(socketPath: string): Promise<{ code: number; mes
   if (answered) {
     return { code: 69, message: `another client is already listening on "${socketPath}"` };
   }
-  unlinkSync(socketPath);
+  // Another client starting at the same moment may have removed it already.
+  rmSync(socketPath, { force: true });
   return undefined;
 }
 

@@ -82,7 +82,7 @@ async function main(argv: string[]): Promise<number> {
       (process.env.XDG_RUNTIME_DIR ? `${process.env.XDG_RUNTIME_DIR}/urlserver.sock` : `/tmp/urlserver-${process.getuid?.() ?? 0}/sock`);
     urls = positionals;
   } catch (error) {
-    process.stderr.write(`${PROGRAM}: ${(error as Error).message}\nRun "send.ts --help" for usage.\n`);
+    process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "send.ts --help" for usage.\n`);
     return 64;
   }
   return deliver(socketPath, urls, timeoutSeconds);
@@ -123,7 +123,7 @@ function deliver(socketPath: string, urls: string[], timeoutSeconds: number): Pr
         const answer = buffered.slice(0, newline);
         buffered = buffered.slice(newline + 1);
         if (answer !== "ok") {
-          process.stderr.write(`${PROGRAM}: the desktop refused ${JSON.stringify(urls[answered])}: ${answer.replace(/^error ?/, "")}\n`);
+          process.stderr.write(`${PROGRAM}: refused ${JSON.stringify(urls[answered])}: ${answer.replace(/^error ?/, "")}\n`);
           exitCode = 65;
         }
         answered += 1;
@@ -131,9 +131,10 @@ function deliver(socketPath: string, urls: string[], timeoutSeconds: number): Pr
       if (answered === urls.length) finish(exitCode);
     });
     socket.on("end", () => {
-      if (answered < urls.length) {
-        finish(69, `the connection closed before the desktop answered for ${JSON.stringify(urls[answered])}: the server went away`);
-      }
+      if (answered === urls.length) return;
+      // After a refusal of an overlong or idle line the client stops reading.
+      const why = exitCode === 65 ? "the client closed the connection after the refusal above" : "the server went away";
+      finish(exitCode || 69, `no answer for ${JSON.stringify(urls[answered])}: ${why}`);
     });
   });
 }

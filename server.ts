@@ -80,6 +80,7 @@ const PROTOCOL = "urlserver/1";
 const MAX_URL_BYTES = 8192;
 // Room for "open ID " before a longest URL; anything longer is not from a client.
 const MAX_CHANNEL_LINE_BYTES = MAX_URL_BYTES + 64;
+const LINE_HEAD_BYTES = 32;
 const DEFAULT_REMOTE_COMMAND =
   `exec sh -c 'if command -v deno >/dev/null 2>&1; then exec deno run --allow-read --allow-write --allow-env --allow-sys client.ts; ` +
   `elif command -v bun >/dev/null 2>&1; then exec bun client.ts; ` +
@@ -108,7 +109,7 @@ async function main(argv: string[]): Promise<number> {
     }
     options = parsed;
   } catch (error) {
-    process.stderr.write(`${PROGRAM}: ${(error as Error).message}\nRun "server.ts --help" for usage.\n`);
+    process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "server.ts --help" for usage.\n`);
     return 64;
   }
   const connection = startConnection(options);
@@ -224,30 +225,45 @@ function serveConnection(child: ChildProcessWithoutNullStreams, options: Options
     createInterface({ input: child.stderr, crlfDelay: Infinity }).on("line", (line) => log(host, `remote: ${printable(line)}`));
 
     const session = sessionState(options, child, end);
-    readChannelLines(child.stdout, session.onLine, (bytes) => log(host, `ignoring a ${bytes}-byte line from the client: too long`));
+    readChannelLines(child.stdout, session.onLine);
     child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}\n`);
   });
 }
 
-// Splits the channel into lines without ever holding more than one bounded line.
-function readChannelLines(stream: Readable, onLine: (line: string) => void, onOverlong: (bytes: number) => void): void {
+// Splits the channel into lines without ever holding more than one bounded
+// line: of a longer one only the start is kept, enough to answer it.
+function readChannelLines(stream: Readable, onLine: (line: string, problem?: string) => void): void {
   let buffered = Buffer.alloc(0);
-  let skipping = 0;
+  let dropped = 0;
   stream.on("data", (chunk: Buffer) => {
     buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
     let newline;
     while ((newline = buffered.indexOf(10)) !== -1) {
       const line = buffered.subarray(0, newline);
       buffered = buffered.subarray(newline + 1);
-      if (skipping) onOverlong(skipping + line.length);
-      else onLine(line.toString("utf8").replace(/\r$/, ""));
-      skipping = 0;
+      const length = dropped + line.length;
+      dropped = 0;
+      if (length > MAX_CHANNEL_LINE_BYTES) onLine(line.subarray(0, LINE_HEAD_BYTES).toString(), `a ${length}-byte line is too long`);
+      else decodeLine(line, onLine);
     }
     if (buffered.length > MAX_CHANNEL_LINE_BYTES) {
-      skipping += buffered.length;
-      buffered = Buffer.alloc(0);
+      dropped += buffered.length - LINE_HEAD_BYTES;
+      buffered = Buffer.from(buffered.subarray(0, LINE_HEAD_BYTES));
     }
   });
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+// Invalid UTF-8 would reach the opener altered (as U+FFFD), so it is refused.
+function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => void): void {
+  let text;
+  try {
+    text = strictUtf8.decode(line);
+  } catch {
+    return onLine(line.toString(), "line is not valid UTF-8");
+  }
+  onLine(text.replace(/\r$/, ""));
 }
 
 function sessionState(options: Options, child: ChildProcessWithoutNullStreams, end: (code: number, why: string) => void) {
@@ -263,10 +279,10 @@ function sessionState(options: Options, child: ChildProcessWithoutNullStreams, e
   };
   setInterval(() => send("ping"), keepaliveSeconds * 1000);
 
-  const onLine = (line: string) => {
+  const onLine = (line: string, problem?: string) => {
     const [verb, id, ...rest] = line.split(" ");
     if (!greeted) {
-      if (verb !== "hello") return log(host, `remote: ${printable(line)}`);
+      if (verb !== "hello" || problem) return log(host, `remote: ${printable(line)}${problem ? ` (${problem})` : ""}`);
       if (id !== PROTOCOL) {
         return end(76, `the client speaks "${printable(id ?? "")}", this server speaks "${PROTOCOL}": copy this client.ts to ${host}`);
       }
@@ -276,10 +292,13 @@ function sessionState(options: Options, child: ChildProcessWithoutNullStreams, e
       return log(host, `connected: client pid ${printable(fields.get("pid") ?? "?")} on ${printable(fields.get("runtime") ?? "unknown runtime")}, socket "${printable(fields.get("socket") ?? "?")}"`);
     }
     heard();
-    if (verb === "open" && /^[0-9]{1,15}$/.test(id ?? "") && rest.length > 0) {
-      openRequested(rest.join(" "), (refusal) => send(refusal === undefined ? `ok ${id}` : `error ${id} ${refusal}`));
-    } else if (verb !== "pong") {
-      log(host, `ignoring a message the client should not send: ${printable(line.slice(0, 200))}`);
+    if (verb === "open" && /^[0-9]{1,15}$/.test(id ?? "") && (rest.length > 0 || problem)) {
+      const answer = (refusal?: string) => send(refusal === undefined ? `ok ${id}` : `error ${id} ${refusal}`);
+      if (!problem) return openRequested(rest.join(" "), answer);
+      log(host, `refused URL ${id}: ${problem}`);
+      answer(problem.endsWith("too long") ? `URL longer than ${MAX_URL_BYTES} bytes` : problem);
+    } else if (verb !== "pong" || problem) {
+      log(host, `ignoring a message the client should not send: ${printable(line.slice(0, 200))}${problem ? ` (${problem})` : ""}`);
     }
   };
 

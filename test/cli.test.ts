@@ -1,0 +1,73 @@
+// Ensures each script's command line behaves as documented: --help, one-line
+// usage errors with exit 64, refusals of dangerous hosts, and start-up
+// failures that end at once with a clear message.
+
+import assert from "node:assert/strict";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { test } from "node:test";
+import { FAKE_BROWSER, FAKE_SSH, run, tempDir } from "./helpers.ts";
+
+for (const script of ["server.ts", "client.ts", "send.ts"] as const) {
+  test(`${script} --help prints usage and exit codes on stdout and exits 0`, { timeout: 15_000 }, async (t) => {
+    const result = await run(t, script, ["--help"]);
+    assert.equal(result.code, 0);
+    assert.match(result.stdout, new RegExp(`^Usage: ${script.replace(".", "\\.")} `));
+    assert.match(result.stdout, /Exit codes: /);
+    assert.equal(result.stderr, "");
+  });
+
+  test(`${script} with an unknown option says so in one line plus a pointer, exit 64`, { timeout: 15_000 }, async (t) => {
+    const result = await run(t, script, ["--no-such-option"]);
+    assert.equal(result.code, 64);
+    const [first, pointer, ...rest] = result.stderr.split("\n");
+    assert.match(first, new RegExp(`^${script.replace(".ts", "")}: .*--no-such-option`));
+    assert.equal(pointer, `Run "${script} --help" for usage.`);
+    assert.deepEqual(rest, []);
+  });
+}
+
+const usageErrors: Array<[string, string[], string]> = [
+  ["server.ts", [], "server: missing HOST"],
+  ["server.ts", ["a", "b"], "server: expected one HOST"],
+  ["server.ts", ["--", "-oProxyCommand=touch /tmp/x"], 'server: refusing HOST "-oProxyCommand=touch /tmp/x": it would be read as an ssh option'],
+  ["server.ts", ["--keepalive", "0", "host"], 'server: --keepalive needs a positive number, not "0"'],
+  ["server.ts", ["--rate=-1", "host"], 'server: --rate needs a non-negative number, not "-1"'],
+  ["server.ts", ["--allow-scheme", "javascript", "host"], 'server: --allow-scheme: "javascript" can run code or read local files, and is never allowed'],
+  ["send.ts", [], "send: missing URL"],
+  ["send.ts", ["--timeout", "soon", "https://example.org/"], 'send: --timeout needs a positive number of seconds, not "soon"'],
+];
+for (const [script, args, message] of usageErrors) {
+  test(`${script} ${JSON.stringify(args)} is a usage error: ${message}`, { timeout: 15_000 }, async (t) => {
+    const result = await run(t, script, args);
+    assert.equal(result.code, 64);
+    assert.equal(result.stderr, `${message}\nRun "${script} --help" for usage.`);
+  });
+}
+
+test("server.ts whose ssh program does not exist exits 69 at once, saying so", { timeout: 15_000 }, async (t) => {
+  const dir = tempDir(t);
+  const result = await run(t, "server.ts", ["--ssh", join(dir, "no-ssh"), "--browser", FAKE_BROWSER, "host"]);
+  assert.equal(result.code, 69);
+  assert.match(result.stderr, new RegExp(`host: disconnected: cannot run "${dir}/no-ssh": spawn .* ENOENT`));
+});
+
+test("server.ts whose remote command fails exits 69 with ssh's status and the remote's message", { timeout: 15_000 }, async (t) => {
+  const result = await run(t, "server.ts", ["--ssh", FAKE_SSH, "--remote-command", "echo no runtime here >&2; exit 3", "host"]);
+  assert.equal(result.code, 69);
+  assert.match(result.stderr, /host: remote: no runtime here\n/);
+  assert.match(result.stderr, /host: disconnected: /);
+});
+
+test("send.ts times out with exit 75 when nothing answers, naming the URL", { timeout: 15_000 }, async (t) => {
+  const dir = tempDir(t);
+  const socket = join(dir, "sock");
+  // A listener that accepts and never answers: a stopped or wedged client.
+  const silent = createServer(() => {});
+  await new Promise<void>((resolve) => silent.listen(socket, resolve));
+  t.after(() => silent.close());
+  const result = await run(t, "send.ts", ["--socket", socket, "--timeout", "1", "https://example.org/slow"]);
+  assert.equal(result.code, 75);
+  assert.equal(result.stderr, 'send: timed out after 1 s waiting for the desktop to open "https://example.org/slow"');
+  assert.ok(result.ms < 5000, `took ${Math.round(result.ms)} ms`);
+});

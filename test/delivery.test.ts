@@ -1,0 +1,103 @@
+// Ensures URLs get from send.ts (or any socket writer) to the desktop's
+// opener: byte for byte, once each, acknowledged only once the opener runs,
+// also under 50 concurrent senders, over the fake ssh and with --local.
+
+import assert from "node:assert/strict";
+import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { test } from "node:test";
+import { isAlive, killIfAlive, opened, send, startSession, tempDir, waitUntil } from "./helpers.ts";
+import type { Session } from "./helpers.ts";
+
+/** Writes lines on one raw connection, half-closes, and returns the answers. */
+function rawExchange(socket: string, lines: string[], timeoutMs = 10_000): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const connection = connect(socket, () => connection.end(lines.map((line) => `${line}\n`).join("")));
+    let received = "";
+    const timer = setTimeout(() => {
+      connection.destroy();
+      reject(new Error(`no end of answers within ${timeoutMs} ms; got ${JSON.stringify(received)}`));
+    }, timeoutMs);
+    connection.setEncoding("utf8");
+    connection.on("data", (chunk: string) => { received += chunk; });
+    connection.on("error", (error) => { clearTimeout(timer); reject(error); });
+    connection.on("close", () => { clearTimeout(timer); resolve(received.split("\n").filter(Boolean)); });
+  });
+}
+
+async function assertOpenedExactly(session: Session, urls: string[]) {
+  await waitUntil(() => opened(session.browserLog).length >= urls.length, 5000, `${urls.length} opener runs`);
+  assert.deepEqual(opened(session.browserLog).map(([, url]) => url).sort(), [...urls].sort());
+  for (const [argc] of opened(session.browserLog)) assert.equal(argc, 1, "the opener gets the URL as its only argument");
+}
+
+test("a URL sent with send.ts is opened once, as the opener's only argument, and send.ts exits 0 silently", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  const result = await send(t, session, ["https://example.org/a?b=c&d=e#f"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stdout, "");
+  assert.equal(result.stderr, "");
+  await assertOpenedExactly(session, ["https://example.org/a?b=c&d=e#f"]);
+  assert.match(session.server.stderr.text(), /^\S+Z testhost: opened "https:\/\/example\.org\/a\?b=c&d=e#f" with /m);
+});
+
+test("ssh is run as PROGRAM -T -o ServerAliveInterval=K -o ServerAliveCountMax=3 -- HOST COMMAND", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t, ["--keepalive", "7"]);
+  const { args } = JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]);
+  assert.deepEqual(args.slice(0, 7), ["-T", "-o", "ServerAliveInterval=7", "-o", "ServerAliveCountMax=3", "--", "testhost"]);
+  assert.equal(args.length, 8, "the remote command is one argument after the host");
+});
+
+test("several URLs in one send.ts are all opened, byte for byte, including non-ASCII and shell syntax", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  const urls = ["https://example.org/1", "https://例え.jp/パス?q=ü", "https://example.org/$(id)`id`;id|id", "http://[::1]:8080/x"];
+  const result = await send(t, session, urls);
+  assert.equal(result.code, 0, result.stderr);
+  await assertOpenedExactly(session, urls);
+});
+
+test("50 concurrent raw senders and 10 concurrent send.ts runs: every URL opened exactly once", { timeout: 60_000 }, async (t) => {
+  const session = await startSession(t, ["--rate", "0"]);
+  const raw = Array.from({ length: 50 }, (_, i) => [`https://example.org/raw/${i}/a`, `https://example.org/raw/${i}/b`]);
+  const viaSend = Array.from({ length: 10 }, (_, i) => `https://example.org/send/${i}`);
+  const [answers, results] = await Promise.all([
+    Promise.all(raw.map((lines) => rawExchange(session.socket, lines))),
+    Promise.all(viaSend.map((url) => send(t, session, [url], 30_000))),
+  ]);
+  for (const answer of answers) assert.deepEqual(answer, ["ok", "ok"]);
+  for (const result of results) assert.equal(result.code, 0, result.stderr);
+  await assertOpenedExactly(session, [...raw.flat(), ...viaSend]);
+});
+
+test("--local runs the client on this machine without ssh, and delivers", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t, [], { local: true });
+  const result = await send(t, session, ["https://example.org/local"]);
+  assert.equal(result.code, 0, result.stderr);
+  await assertOpenedExactly(session, ["https://example.org/local"]);
+});
+
+test("an opener that keeps running and prints does not hold up the answer nor reach the terminal", { timeout: 20_000 }, async (t) => {
+  const dir = tempDir(t);
+  const lingering = join(dir, "lingering-browser");
+  const pids = join(dir, "pids");
+  writeFileSync(lingering, `#!/bin/sh\necho $$ >> ${pids}\necho OPENER-NOISE; echo OPENER-NOISE >&2\nexec sleep 30\n`);
+  chmodSync(lingering, 0o755);
+  const openerPids = () => existsSync(pids) ? readFileSync(pids, "utf8").split("\n").filter(Boolean).map(Number) : [];
+  t.after(() => openerPids().forEach((pid) => killIfAlive(pid)));
+  const session = await startSession(t, ["--browser", lingering]);
+  const first = await send(t, session, ["https://example.org/one"]);
+  const again = await send(t, session, ["https://example.org/two"]);
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(again.code, 0, again.stderr);
+  await waitUntil(() => openerPids().length === 2, 5000, "two opener runs");
+  assert.ok(openerPids().every((pid) => isAlive(pid)), "both openers are still running");
+  assert.doesNotMatch(session.server.stderr.text(), /OPENER-NOISE/);
+});
+
+test("an opener that cannot be run is a refusal with a reason, exit 65", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t, ["--browser", "/nonexistent/browser"]);
+  const result = await send(t, session, ["https://example.org/x"]);
+  assert.equal(result.code, 65);
+  assert.equal(result.stderr, 'send: refused "https://example.org/x": the desktop cannot run its opener "/nonexistent/browser"');
+});

@@ -1,0 +1,32 @@
+// Ensures the signal/exit stanza is the same in all three scripts: each is
+// copied alone onto machines, so the stanza is repeated on purpose, and this
+// test is what keeps the copies from drifting apart.
+
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import { ROOT } from "./helpers.ts";
+
+function stanzaOf(script: string): string {
+  const text = readFileSync(join(ROOT, script), "utf8");
+  const begin = text.indexOf("// BEGIN exit stanza");
+  const end = text.indexOf("// END exit stanza");
+  assert.ok(begin !== -1 && end > begin, `${script} has no BEGIN/END exit stanza markers`);
+  assert.equal(text.indexOf("// BEGIN exit stanza", begin + 1), -1, `${script} has two stanzas`);
+  return text.slice(begin, end);
+}
+
+test("the exit stanza is identical in server.ts, client.ts and send.ts", { timeout: 5000 }, () => {
+  const [server, client, send] = ["server.ts", "client.ts", "send.ts"].map(stanzaOf);
+  assert.equal(client, server, "client.ts differs from server.ts");
+  assert.equal(send, server, "send.ts differs from server.ts");
+});
+
+test("the stanza handles what it is there for: HUP, INT, TERM, EPIPE, crashes", { timeout: 5000 }, () => {
+  const stanza = stanzaOf("server.ts");
+  for (const needed of ['"SIGHUP"', '"SIGINT"', '"SIGTERM"', "process.stdout.on(\"error\"", "process.stderr.on(\"error\"",
+    '"uncaughtException"', '"unhandledRejection"', "process.exit(code)"]) {
+    assert.ok(stanza.includes(needed), `stanza lacks ${needed}`);
+  }
+});
