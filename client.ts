@@ -6,7 +6,7 @@
 // server.ts starts it for you over ssh; to try it by hand:
 //   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
 //   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
-//   deno run --allow-read --allow-write --allow-env --allow-sys client.ts
+//   deno run --allow-read --allow-write --allow-net --allow-env --allow-sys client.ts
 //   bun client.ts
 //
 // It exits when its stdin (the channel from the server) ends, when the server

@@ -82,7 +82,7 @@ const MAX_URL_BYTES = 8192;
 const MAX_CHANNEL_LINE_BYTES = MAX_URL_BYTES + 64;
 const LINE_HEAD_BYTES = 32;
 const DEFAULT_REMOTE_COMMAND =
-  `exec sh -c 'if command -v deno >/dev/null 2>&1; then exec deno run --allow-read --allow-write --allow-env --allow-sys client.ts; ` +
+  `exec sh -c 'if command -v deno >/dev/null 2>&1; then exec deno run --allow-read --allow-write --allow-net --allow-env --allow-sys client.ts; ` +
   `elif command -v bun >/dev/null 2>&1; then exec bun client.ts; ` +
   `elif node -e "process.exit(process.features.typescript ? 0 : 1)" 2>/dev/null; then exec node --disable-warning=ExperimentalWarning client.ts; ` +
   `else exec npx --yes tsx client.ts; fi'`;

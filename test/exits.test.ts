@@ -16,6 +16,7 @@ test("client killed with SIGTERM: server exits non-zero within 1 s saying so; so
   process.kill(session.clientPid, "SIGTERM");
   const exit = await waitForExit(session.server, 5000, "server");
   assert.ok(exit.at - killed < PROMPT_MS, `server took ${Math.round(exit.at - killed)} ms`);
+  t.diagnostic(`server exited after ${Math.round(exit.at - killed)} ms`);
   assert.equal(exit.code, 69);
   assert.match(session.server.stderr.text(), /testhost: disconnected: /);
   await waitUntil(() => !existsSync(session.socket), PROMPT_MS, "the client to remove its socket");
@@ -27,6 +28,7 @@ test("client killed with SIGKILL: server exits within 1 s; the stale socket is r
   process.kill(first.clientPid, "SIGKILL");
   const exit = await waitForExit(first.server, 5000, "server");
   assert.ok(exit.at - killed < PROMPT_MS, `server took ${Math.round(exit.at - killed)} ms`);
+  t.diagnostic(`server exited after ${Math.round(exit.at - killed)} ms`);
   assert.equal(exit.code, 69);
   assert.ok(existsSync(first.socket), "a SIGKILLed client cannot remove its socket");
 
@@ -42,10 +44,12 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
     process.kill(session.sshPid, signal);
     const exit = await waitForExit(session.server, 5000, "server");
     assert.ok(exit.at - killed < PROMPT_MS, `server took ${Math.round(exit.at - killed)} ms`);
+    t.diagnostic(`server exited after ${Math.round(exit.at - killed)} ms`);
     assert.equal(exit.code, 69);
     assert.match(session.server.stderr.text(), /disconnected: /);
     const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
     assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
+    t.diagnostic(`client exited after ${Math.round(clientGone - killed)} ms`);
     assert.equal(existsSync(session.socket), false, "socket left behind");
   });
 }
@@ -57,9 +61,11 @@ for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]
     process.kill(session.server.pid, signal);
     const exit = await waitForExit(session.server, 5000, "server");
     assert.ok(exit.at - signalled < PROMPT_MS, `server took ${Math.round(exit.at - signalled)} ms`);
+    t.diagnostic(`server exited after ${Math.round(exit.at - signalled)} ms`);
     assert.equal(exit.code, code);
     const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
     assert.ok(clientGone - signalled < PROMPT_MS, `client took ${Math.round(clientGone - signalled)} ms`);
+    t.diagnostic(`client exited after ${Math.round(clientGone - signalled)} ms`);
     assert.equal(existsSync(session.socket), false, "socket left behind");
     assert.equal(isAlive(session.sshPid), false, "ssh left running");
   });
@@ -71,6 +77,7 @@ test("server killed with SIGKILL: client exits within 1 s on stdin EOF; socket r
   process.kill(session.server.pid, "SIGKILL");
   const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
   assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
+  t.diagnostic(`client exited after ${Math.round(clientGone - killed)} ms`);
   assert.equal(existsSync(session.socket), false, "socket left behind");
 });
 
@@ -80,6 +87,7 @@ test("server killed with SIGKILL in --local mode: client exits within 1 s; socke
   process.kill(session.server.pid, "SIGKILL");
   const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
   assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
+  t.diagnostic(`client exited after ${Math.round(clientGone - killed)} ms`);
   assert.equal(existsSync(session.socket), false, "socket left behind");
 });
 
@@ -93,10 +101,12 @@ test("network silently broken (ssh frozen): both ends exit within 3 x keepalive;
   const frozen = performance.now();
   const exit = await waitForExit(session.server, bound + 2000, "server");
   assert.ok(exit.at - frozen < bound, `server took ${Math.round(exit.at - frozen)} ms`);
+  t.diagnostic(`server exited after ${Math.round(exit.at - frozen)} ms`);
   assert.equal(exit.code, 69);
   assert.match(session.server.stderr.text(), /no word from the client for 3 s: connection lost/);
   const clientGone = await waitUntil(() => !isAlive(session.clientPid), bound + 2000, "the client to exit");
   assert.ok(clientGone - frozen < bound, `client took ${Math.round(clientGone - frozen)} ms`);
+  t.diagnostic(`client exited after ${Math.round(clientGone - frozen)} ms`);
   assert.equal(existsSync(session.socket), false, "socket left behind");
 
   const result = await send(t, session, ["https://example.org/too-late"]);

@@ -1,6 +1,7 @@
 // Shared test fixtures: real processes, bounded waits on events, and cleanup
 // that stops every process a test started, by pid, even when the test fails.
 
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -82,13 +83,16 @@ export type Proc = {
   alive: () => boolean;
 };
 
+export type StartOptions = { env?: Record<string, string>; stdin?: "pipe" | "ignore"; uid?: number; gid?: number };
+
 /** Starts a process with piped stdio; the test kills it in t.after if it is still alive. */
-export function start(t: TestContext, name: string, command: string, args: string[],
-  options: { env?: Record<string, string>; stdin?: "pipe" | "ignore" } = {}): Proc {
+export function start(t: TestContext, name: string, command: string, args: string[], options: StartOptions = {}): Proc {
   const child = spawn(command, args, {
     cwd: ROOT,
     env: { ...process.env, ...options.env },
     stdio: [options.stdin ?? "pipe", "pipe", "pipe"],
+    uid: options.uid,
+    gid: options.gid,
   });
   let done = false;
   const exited = new Promise<Exit>((resolve) => {
@@ -110,7 +114,7 @@ export function start(t: TestContext, name: string, command: string, args: strin
 
 /** Starts one of the project's scripts under Node with tsx. */
 export function startScript(t: TestContext, script: "server.ts" | "client.ts" | "send.ts", args: string[],
-  options: { env?: Record<string, string>; stdin?: "pipe" | "ignore" } = {}): Proc {
+  options: StartOptions = {}): Proc {
   return start(t, script, process.execPath, ["--import", "tsx", join(ROOT, script), ...args], options);
 }
 
@@ -144,6 +148,17 @@ export function isAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Skips a test that needs something this machine lacks, naming it; in CI
+ * (CI=true) that is a failure instead, so such tests cannot silently stop running.
+ */
+export function needs(t: TestContext, missing: string | undefined): boolean {
+  if (!missing) return true;
+  if (process.env.CI === "true") assert.fail(`missing ${missing} (CI=true turns this skip into a failure)`);
+  t.skip(`missing ${missing}`);
+  return false;
 }
 
 /** Waits for a process to exit, failing with a message after timeoutMs. */
