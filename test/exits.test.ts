@@ -5,10 +5,20 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
+import type { TestContext } from "node:test";
 import { isAlive, killIfAlive, send, startSession, waitForExit, waitUntil } from "./helpers.ts";
+import type { Session } from "./helpers.ts";
 
 // The product's promise for every row but the silent network.
 const PROMPT_MS = 1000;
+
+/** The client is gone within boundMs of since, and has removed its socket. */
+async function clientExitsWithin(t: TestContext, session: Session, since: number, boundMs: number) {
+  const gone = await waitUntil(() => !isAlive(session.clientPid), boundMs + 2000, "the client to exit");
+  assert.ok(gone - since < boundMs, `client took ${Math.round(gone - since)} ms`);
+  t.diagnostic(`client exited after ${Math.round(gone - since)} ms`);
+  assert.equal(existsSync(session.socket), false, "socket left behind");
+}
 
 test("client killed with SIGTERM: server exits non-zero within 1 s saying so; socket removed", { timeout: 20_000 }, async (t) => {
   const session = await startSession(t);
@@ -47,10 +57,7 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
     t.diagnostic(`server exited after ${Math.round(exit.at - killed)} ms`);
     assert.equal(exit.code, 69);
     assert.match(session.server.stderr.text(), /disconnected: /);
-    const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
-    assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
-    t.diagnostic(`client exited after ${Math.round(clientGone - killed)} ms`);
-    assert.equal(existsSync(session.socket), false, "socket left behind");
+    await clientExitsWithin(t, session, killed, PROMPT_MS);
   });
 }
 
@@ -63,10 +70,7 @@ for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]
     assert.ok(exit.at - signalled < PROMPT_MS, `server took ${Math.round(exit.at - signalled)} ms`);
     t.diagnostic(`server exited after ${Math.round(exit.at - signalled)} ms`);
     assert.equal(exit.code, code);
-    const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
-    assert.ok(clientGone - signalled < PROMPT_MS, `client took ${Math.round(clientGone - signalled)} ms`);
-    t.diagnostic(`client exited after ${Math.round(clientGone - signalled)} ms`);
-    assert.equal(existsSync(session.socket), false, "socket left behind");
+    await clientExitsWithin(t, session, signalled, PROMPT_MS);
     assert.equal(isAlive(session.sshPid), false, "ssh left running");
   });
 }
@@ -75,20 +79,14 @@ test("server killed with SIGKILL: client exits within 1 s on stdin EOF; socket r
   const session = await startSession(t);
   const killed = performance.now();
   process.kill(session.server.pid, "SIGKILL");
-  const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
-  assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
-  t.diagnostic(`client exited after ${Math.round(clientGone - killed)} ms`);
-  assert.equal(existsSync(session.socket), false, "socket left behind");
+  await clientExitsWithin(t, session, killed, PROMPT_MS);
 });
 
 test("server killed with SIGKILL in --local mode: client exits within 1 s; socket removed", { timeout: 20_000 }, async (t) => {
   const session = await startSession(t, [], { local: true });
   const killed = performance.now();
   process.kill(session.server.pid, "SIGKILL");
-  const clientGone = await waitUntil(() => !isAlive(session.clientPid), 5000, "the client to exit");
-  assert.ok(clientGone - killed < PROMPT_MS, `client took ${Math.round(clientGone - killed)} ms`);
-  t.diagnostic(`client exited after ${Math.round(clientGone - killed)} ms`);
-  assert.equal(existsSync(session.socket), false, "socket left behind");
+  await clientExitsWithin(t, session, killed, PROMPT_MS);
 });
 
 test("network silently broken (ssh frozen): both ends exit within 3 x keepalive; send.ts then fails at once", { timeout: 30_000 }, async (t) => {
@@ -104,10 +102,7 @@ test("network silently broken (ssh frozen): both ends exit within 3 x keepalive;
   t.diagnostic(`server exited after ${Math.round(exit.at - frozen)} ms`);
   assert.equal(exit.code, 69);
   assert.match(session.server.stderr.text(), /no word from the client for 3 s: connection lost/);
-  const clientGone = await waitUntil(() => !isAlive(session.clientPid), bound + 2000, "the client to exit");
-  assert.ok(clientGone - frozen < bound, `client took ${Math.round(clientGone - frozen)} ms`);
-  t.diagnostic(`client exited after ${Math.round(clientGone - frozen)} ms`);
-  assert.equal(existsSync(session.socket), false, "socket left behind");
+  await clientExitsWithin(t, session, frozen, bound);
 
   const result = await send(t, session, ["https://example.org/too-late"]);
   assert.equal(result.code, 69);
