@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { TestContext } from "node:test";
@@ -207,28 +207,38 @@ export type Session = {
 };
 
 /**
- * Starts server.ts with the fake ssh (or --local) and the fake browser, and
- * waits until the client has said hello and its socket exists.
+ * Starts server.ts with the fake ssh (or the given ssh and remote command, or
+ * --local) and the fake browser, and waits until the client has said hello
+ * and its socket exists.
  */
 export async function startSession(t: TestContext, extraArgs: string[] = [],
-  options: { local?: boolean; dir?: string; remoteCommand?: string } = {}): Promise<Session> {
+  options: { local?: boolean; dir?: string; ssh?: string; host?: string; remoteCommand?: (socket: string) => string } = {}): Promise<Session> {
   const dir = options.dir ?? tempDir(t);
   const socket = join(dir, "sock");
   const browserLog = join(dir, "opened");
   const sshLog = join(dir, "ssh.log");
   const env = { URLSERVER_SOCKET: socket, FAKE_BROWSER_LOG: browserLog, FAKE_SSH_LOG: sshLog };
-  const transport = options.local ? ["--local"] : ["--ssh", FAKE_SSH, "--remote-command", options.remoteCommand ?? CLIENT_COMMAND];
-  const server = startScript(t, "server.ts", [...transport, "--browser", FAKE_BROWSER, ...extraArgs, "testhost"], { env });
-  const hello = await server.stderr.waitFor(/connected: client pid \d+/, 10_000);
+  const remoteCommand = options.remoteCommand?.(socket) ?? CLIENT_COMMAND;
+  const transport = options.local ? ["--local"] : ["--ssh", options.ssh ?? FAKE_SSH, "--remote-command", remoteCommand];
+  const server = startScript(t, "server.ts", [...transport, "--browser", FAKE_BROWSER, ...extraArgs, options.host ?? "testhost"], { env });
+  const hello = await server.stderr.waitFor(/connected: client pid \d+/, 15_000);
   const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
   t.after(() => killIfAlive(clientPid));
-  let sshPid = 0;
-  if (!options.local) {
-    sshPid = JSON.parse(readFileSync(sshLog, "utf8").split("\n")[0]).pid;
-    t.after(() => killIfAlive(sshPid));
-  }
+  // The server's one child at this point is its ssh.
+  const sshPid = options.local ? 0 : childrenOf(server.pid)[0];
+  if (sshPid) t.after(() => killIfAlive(sshPid));
   await waitUntil(() => existsSync(socket), 2000, `socket ${socket}`);
   return { dir, socket, browserLog, sshLog, server, clientPid, sshPid, env };
+}
+
+/** The children of pid, from /proc (Linux). */
+export function childrenOf(pid: number): number[] {
+  try {
+    return readdirSync(`/proc/${pid}/task`).flatMap((task) =>
+      readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").split(" ").filter(Boolean).map(Number));
+  } catch {
+    return [];
+  }
 }
 
 /** Runs send.ts against a session's socket. */

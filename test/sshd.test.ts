@@ -1,0 +1,139 @@
+// Ensures the exit guarantees hold on the path users take: real OpenSSH, a
+// private sshd on the loopback of its own network namespace. Covers delivery,
+// every row of the exit table (plus sshd's session process killed), and a
+// network that silently stops carrying packets, with sshd's own
+// ClientAliveInterval off (so it is urlserver's heartbeat that frees the
+// remote side) and on (to show the two do not fight).
+// Needs root, sshd, ip and iptables: skipped without them, failing in CI.
+
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { test } from "node:test";
+import type { TestContext } from "node:test";
+import { isAlive, opened, send, startSession, waitForExit, waitUntil } from "./helpers.ts";
+import type { Session } from "./helpers.ts";
+import { commandOf, parentOf, startSshd } from "./fixtures/sshd.ts";
+
+const PROMPT_MS = 1000;
+// Both ends must be gone within this long of the partition at --keepalive 1.
+const PARTITION_MS = 6000;
+
+async function realSession(t: TestContext, extraArgs: string[] = [], options: { clientAliveInterval?: number } = {}) {
+  const sshd = await startSshd(t, options);
+  if (!sshd) return undefined;
+  const session = await startSession(t, extraArgs, { ssh: sshd.sshWrapper, host: sshd.host, remoteCommand: sshd.remoteCommand });
+  return { sshd, session };
+}
+
+async function serverExitsWithin(t: TestContext, session: Session, since: number, boundMs: number) {
+  const exit = await waitForExit(session.server, boundMs + 2000, "server");
+  assert.ok(exit.at - since < boundMs, `server took ${Math.round(exit.at - since)} ms`);
+  t.diagnostic(`server exited after ${Math.round(exit.at - since)} ms`);
+  return exit;
+}
+
+async function clientExitsWithin(t: TestContext, session: Session, since: number, boundMs: number) {
+  const gone = await waitUntil(() => !isAlive(session.clientPid), boundMs + 2000, "the client to exit");
+  assert.ok(gone - since < boundMs, `client took ${Math.round(gone - since)} ms`);
+  t.diagnostic(`client exited after ${Math.round(gone - since)} ms`);
+  assert.equal(existsSync(session.socket), false, "socket left behind");
+}
+
+test("over real ssh: a URL sent with send.ts reaches the browser and send.ts exits 0", { timeout: 30_000 }, async (t) => {
+  const real = await realSession(t);
+  if (!real) return;
+  const { session } = real;
+  assert.match(session.server.stderr.text(), /Z sshd-host: connected: client pid \d+ on node\//);
+  const result = await send(t, session, ["https://example.org/over-ssh"]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => opened(session.browserLog).length === 1, 5000, "the opener to run");
+  assert.deepEqual(opened(session.browserLog), [[1, "https://example.org/over-ssh"]]);
+});
+
+for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+  test(`over real ssh: client killed with ${signal}, server exits non-zero within 1 s`, { timeout: 30_000 }, async (t) => {
+    const real = await realSession(t);
+    if (!real) return;
+    const { session } = real;
+    const killed = performance.now();
+    process.kill(session.clientPid, signal);
+    const exit = await serverExitsWithin(t, session, killed, PROMPT_MS);
+    assert.equal(exit.code, 69);
+    assert.match(session.server.stderr.text(), /Z sshd-host: disconnected: /);
+    if (signal === "SIGTERM") assert.equal(existsSync(session.socket), false, "socket left behind");
+  });
+}
+
+for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+  test(`over real ssh: ssh killed with ${signal}, both ends exit within 1 s`, { timeout: 30_000 }, async (t) => {
+    const real = await realSession(t);
+    if (!real) return;
+    const { session } = real;
+    assert.match(commandOf(session.sshPid), /^ssh -F /);
+    const killed = performance.now();
+    process.kill(session.sshPid, signal);
+    const exit = await serverExitsWithin(t, session, killed, PROMPT_MS);
+    assert.equal(exit.code, 69);
+    await clientExitsWithin(t, session, killed, PROMPT_MS);
+  });
+}
+
+test("over real ssh: sshd's session process killed, both ends exit within 1 s", { timeout: 30_000 }, async (t) => {
+  const real = await realSession(t);
+  if (!real) return;
+  const { session } = real;
+  const sessionProcess = parentOf(session.clientPid);
+  assert.match(commandOf(sessionProcess), /^sshd/, "the client's parent is not sshd's session process");
+  const killed = performance.now();
+  process.kill(sessionProcess, "SIGKILL");
+  const exit = await serverExitsWithin(t, session, killed, PROMPT_MS);
+  assert.equal(exit.code, 69);
+  await clientExitsWithin(t, session, killed, PROMPT_MS);
+});
+
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]] as const) {
+  test(`over real ssh: server gets ${signal}, both ends exit within 1 s`, { timeout: 30_000 }, async (t) => {
+    const real = await realSession(t);
+    if (!real) return;
+    const { session } = real;
+    const signalled = performance.now();
+    process.kill(session.server.pid, signal);
+    const exit = await serverExitsWithin(t, session, signalled, PROMPT_MS);
+    assert.equal(exit.code, code);
+    await clientExitsWithin(t, session, signalled, PROMPT_MS);
+  });
+}
+
+test("over real ssh: server killed with SIGKILL, client exits within 1 s", { timeout: 30_000 }, async (t) => {
+  const real = await realSession(t);
+  if (!real) return;
+  const { session } = real;
+  const killed = performance.now();
+  process.kill(session.server.pid, "SIGKILL");
+  await clientExitsWithin(t, session, killed, PROMPT_MS);
+});
+
+for (const clientAliveInterval of [0, 1]) {
+  test(`over real ssh: network partition with sshd ClientAliveInterval ${clientAliveInterval}, both ends gone within 6 s at --keepalive 1`, { timeout: 40_000 }, async (t) => {
+    const real = await realSession(t, ["--keepalive", "1"], { clientAliveInterval });
+    if (!real) return;
+    const { session, sshd } = real;
+    sshd.partition();
+    const cut = performance.now();
+    const exit = await serverExitsWithin(t, session, cut, PARTITION_MS);
+    assert.notEqual(exit.code, 0);
+    const reason = await session.server.stderr.waitFor(/disconnected: /, 1000);
+    assert.match(reason, /disconnected: (no word from the client for 3 s: connection lost|ssh exited)/);
+    t.diagnostic(reason);
+    await clientExitsWithin(t, session, cut, PARTITION_MS);
+    await sendFailsAtOnce(t, session);
+  });
+}
+
+async function sendFailsAtOnce(t: TestContext, session: Session) {
+  const result = await send(t, session, ["https://example.org/after-partition"]);
+  assert.equal(result.code, 69);
+  // "Within a second", plus starting node with tsx on a busy test machine.
+  assert.ok(result.ms < 1500, `send.ts took ${Math.round(result.ms)} ms`);
+  assert.equal(result.stderr, `send: cannot connect to "${session.socket}": no server is connected on this host`);
+}
