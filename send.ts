@@ -1,12 +1,21 @@
-#!/usr/bin/env -S npx tsx
+#!/bin/sh
+":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
+":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
+":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
+":" //; case $(node --version 2>/dev/null) in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"; exec node --disable-warning=ExperimentalWarning "$s" "$@";; esac
+":" //; command -v tsx >/dev/null && exec tsx "$s" "$@"
+":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
+":" //; echo "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.18+, or Node 20+ with tsx or npx" >&2; exit 69
 // send.ts: hands URLs to the urlserver client on this host, to be opened in
 // the browser on the desktop, and waits until the desktop has opened them.
 // Meant to be $BROWSER on the remote host.
 //
+//   ./send.ts URL...                             the first runtime found (above)
 //   npx tsx send.ts URL...                       Node 20+ with tsx
 //   node send.ts URL...                          Node 22.18+ (type stripping)
-//   deno run --allow-read --allow-write --allow-net --allow-env --allow-sys send.ts URL...
-//   bun send.ts URL...
+//   deno run --allow-read --allow-write --allow-net \
+//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid send.ts URL...
+//   bun send.ts URL...           (Bun drops a "--" right after the script name)
 //
 // Exit codes: 0 every URL opened, 64 usage, 65 a URL was refused by the
 // desktop, 69 no server is connected on this host (or it went away),
@@ -96,7 +105,10 @@ function deliver(socketPath: string, urls: string[], timeoutSeconds: number): Pr
     let answered = 0;
     let exitCode = 0;
     let buffered = "";
+    let finished = false;
     const finish = (code: number, message?: string) => {
+      if (finished) return;
+      finished = true;
       clearTimeout(timer);
       if (message) process.stderr.write(`${PROGRAM}: ${message}\n`);
       socket.destroy();

@@ -1,11 +1,19 @@
-#!/usr/bin/env -S npx tsx
+#!/bin/sh
+":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
+":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-run --allow-read --allow-env --allow-sys "$s" "$@"
+":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
+":" //; case $(node --version 2>/dev/null) in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"; exec node --disable-warning=ExperimentalWarning "$s" "$@";; esac
+":" //; command -v tsx >/dev/null && exec tsx "$s" "$@"
+":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
+":" //; echo "server.ts: no runtime found: needs Deno 2, Bun 1, Node 22.18+, or Node 20+ with tsx or npx" >&2; exit 69
 // server.ts: the desktop end of urlserver. It runs `ssh HOST` with client.ts
 // as the remote command and opens every URL the client forwards with this
 // desktop's opener, until the connection ends.
 //
+//   ./server.ts HOST                             the first runtime found (above)
 //   npx tsx server.ts HOST                       Node 20+ with tsx
 //   node server.ts HOST                          Node 22.18+ (type stripping)
-//   deno run --allow-run --allow-env --allow-read --allow-sys server.ts HOST
+//   deno run --allow-run --allow-read --allow-env --allow-sys server.ts HOST
 //   bun server.ts HOST
 //
 // Exit codes: 64 usage, 69 the client or the connection went away,
@@ -32,8 +40,9 @@ Options:
   --ssh PROGRAM          ssh program, run as PROGRAM [ssh options] -- HOST CMD
                          ($URLSERVER_SSH, else ssh)
   --remote-command CMD   command that starts the client on HOST
-                         ($URLSERVER_REMOTE_COMMAND, else runs ~/client.ts with
-                         the first of deno, bun, node 22.18+, npx tsx found)
+                         ($URLSERVER_REMOTE_COMMAND, else "exec sh client.ts":
+                         ~/client.ts with the first of Deno, Bun, Node 22.18+
+                         or npx tsx found on HOST)
   --browser PROGRAM      opener, run with the URL as its last argument
                          ($URLSERVER_BROWSER, else xdg-open; open on macOS;
                          rundll32 url.dll,FileProtocolHandler on Windows and WSL)
@@ -81,11 +90,9 @@ const MAX_URL_BYTES = 8192;
 // Room for "open ID " before a longest URL; anything longer is not from a client.
 const MAX_CHANNEL_LINE_BYTES = MAX_URL_BYTES + 64;
 const LINE_HEAD_BYTES = 32;
-const DEFAULT_REMOTE_COMMAND =
-  `exec sh -c 'if command -v deno >/dev/null 2>&1; then exec deno run --allow-read --allow-write --allow-net --allow-env --allow-sys client.ts; ` +
-  `elif command -v bun >/dev/null 2>&1; then exec bun client.ts; ` +
-  `elif node -e "process.exit(process.features.typescript ? 0 : 1)" 2>/dev/null; then exec node --disable-warning=ExperimentalWarning client.ts; ` +
-  `else exec npx --yes tsx client.ts; fi'`;
+// client.ts's first lines pick the runtime; sh runs them whatever the login
+// shell (fish, csh) and whether or not scp kept the executable bit.
+const DEFAULT_REMOTE_COMMAND = "exec sh client.ts";
 
 type Options = {
   host: string;
@@ -192,8 +199,7 @@ function startConnection(options: Options): ChildProcessWithoutNullStreams | str
     if (options.remoteCommand) {
       [command, args] = ["sh", ["-c", options.remoteCommand]];
     } else if (existsSync(clientPath)) {
-      // The same runtime and loader flags that run this script run the client.
-      [command, args] = [process.execPath, [...process.execArgv, clientPath]];
+      [command, args] = [process.execPath, [...localRuntimeFlags(), clientPath]];
     } else {
       return `cannot start the local client: "${clientPath}" not found (--local needs client.ts beside server.ts)`;
     }
@@ -204,6 +210,14 @@ function startConnection(options: Options): ChildProcessWithoutNullStreams | str
       "--", options.host, options.remoteCommand ?? DEFAULT_REMOTE_COMMAND];
   }
   return spawn(command, args, { stdio: ["pipe", "pipe", "pipe"] });
+}
+
+// The runtime that runs this script runs the local client: with the same
+// loader flags (tsx), or with the client's own permissions under Deno.
+function localRuntimeFlags(): string[] {
+  if (!(process.versions as Record<string, string | undefined>).deno) return process.execArgv;
+  return ["run", "--no-prompt", "--allow-read", "--allow-write", "--allow-net",
+    "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR", "--allow-sys"];
 }
 
 // Resolves with the exit code once the connection has ended, by whichever sign comes first.
@@ -233,7 +247,7 @@ function serveConnection(child: ChildProcessWithoutNullStreams, options: Options
 // Splits the channel into lines without ever holding more than one bounded
 // line: of a longer one only the start is kept, enough to answer it.
 function readChannelLines(stream: Readable, onLine: (line: string, problem?: string) => void): void {
-  let buffered = Buffer.alloc(0);
+  let buffered: Buffer = Buffer.alloc(0);
   let dropped = 0;
   stream.on("data", (chunk: Buffer) => {
     buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;

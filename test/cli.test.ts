@@ -27,7 +27,7 @@ for (const script of ["server.ts", "client.ts", "send.ts"] as const) {
   });
 }
 
-const usageErrors: Array<[string, string[], string]> = [
+const usageErrors: Array<["server.ts" | "client.ts" | "send.ts", string[], string]> = [
   ["server.ts", [], "server: missing HOST"],
   ["server.ts", ["a", "b"], "server: expected one HOST"],
   ["server.ts", ["--", "-oProxyCommand=touch /tmp/x"], 'server: refusing HOST "-oProxyCommand=touch /tmp/x": it would be read as an ssh option'],

@@ -211,16 +211,22 @@ export type Session = {
  * --local) and the fake browser, and waits until the client has said hello
  * and its socket exists.
  */
-export async function startSession(t: TestContext, extraArgs: string[] = [],
-  options: { local?: boolean; dir?: string; ssh?: string; host?: string; remoteCommand?: (socket: string) => string } = {}): Promise<Session> {
+export async function startSession(t: TestContext, extraArgs: string[] = [], options: {
+  local?: boolean; dir?: string; ssh?: string; host?: string; remoteCommand?: (socket: string) => string;
+  /** How to run server.ts instead of node with tsx, such as ["sh", "server.ts"]; and extra environment. */
+  serverVia?: string[]; env?: Record<string, string>;
+} = {}): Promise<Session> {
   const dir = options.dir ?? tempDir(t);
   const socket = join(dir, "sock");
   const browserLog = join(dir, "opened");
   const sshLog = join(dir, "ssh.log");
-  const env = { URLSERVER_SOCKET: socket, FAKE_BROWSER_LOG: browserLog, FAKE_SSH_LOG: sshLog };
+  const env = { ...options.env, URLSERVER_SOCKET: socket, FAKE_BROWSER_LOG: browserLog, FAKE_SSH_LOG: sshLog };
   const remoteCommand = options.remoteCommand?.(socket) ?? CLIENT_COMMAND;
   const transport = options.local ? ["--local"] : ["--ssh", options.ssh ?? FAKE_SSH, "--remote-command", remoteCommand];
-  const server = startScript(t, "server.ts", [...transport, "--browser", FAKE_BROWSER, ...extraArgs, options.host ?? "testhost"], { env });
+  const args = [...transport, "--browser", FAKE_BROWSER, ...extraArgs, options.host ?? "testhost"];
+  const server = options.serverVia
+    ? start(t, "server.ts", options.serverVia[0], [...options.serverVia.slice(1), ...args], { env })
+    : startScript(t, "server.ts", args, { env });
   const hello = await server.stderr.waitFor(/connected: client pid \d+/, 15_000);
   const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
   t.after(() => killIfAlive(clientPid));
