@@ -34,12 +34,20 @@ const PROGRAM = "client";
 const USAGE = `Usage: client.ts [--socket PATH]
 
 Listen on a Unix socket for URLs and forward them over stdout to server.ts.
-Normally started by server.ts over ssh; it exits when its stdin ends.
+Normally started by server.ts over ssh; it exits when its stdin ends. Started
+by hand, it says hello on stdout; type "ping" and it answers "pong".
 
 Options:
-  --socket PATH   the socket to listen on ($URLSERVER_SOCKET, else
+  --socket PATH   the socket to listen on (default: $URLSERVER_SOCKET, else
                   $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   -h, --help      show this help
+  --version       print the version
+
+Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
+
+Examples:
+  sh client.ts                                  what server.ts runs over ssh
+  npx tsx client.ts --socket /tmp/try.sock      try it by hand
 
 Exit codes: 0 server went away, 64 usage, 69 another client is serving the
 socket, 70 internal error, 75 server silent for 3 heartbeats, 76 protocol
@@ -47,6 +55,8 @@ mismatch, 77 unsafe socket directory, 128+N ended by signal N (141: stdout close
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
+// The release, kept here so that the three copies and package.json must agree.
+const VERSION = "0.2.0";
 // Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
 const cleanups: Array<() => void> = [];
 function exitNow(code: number): never {
@@ -82,10 +92,10 @@ async function main(argv: string[]): Promise<number> {
     const { values } = parseArgs({
       args: argv,
       strict: true,
-      options: { socket: { type: "string" }, help: { type: "boolean", short: "h" } },
+      options: { socket: { type: "string" }, help: { type: "boolean", short: "h" }, version: { type: "boolean" } },
     });
-    if (values.help) {
-      process.stdout.write(USAGE);
+    if (values.help || values.version) {
+      process.stdout.write(values.help ? USAGE : `client.ts ${VERSION}\n`);
       return 0;
     }
     socketPath = resolveSocketPath(values.socket);
@@ -190,10 +200,12 @@ function removeOwnSocket(socketPath: string, dev: number, ino: number): void {
 const pending = new Map<string, Pending>();
 let nextId = 1;
 let allowedSchemes: Set<string> | undefined;
+// What send.ts --status reports, from the server's hello.
+let desktop: { name: string; since: string } | undefined;
 
 function serveUntilServerGone(listener: Server, socketPath: string): Promise<number> {
   listener.on("error", crash);
-  sendToServer(`hello ${PROTOCOL} runtime=${runtimeName()} pid=${process.pid} socket=${encodeURIComponent(socketPath)}`);
+  sendToServer(`hello ${PROTOCOL} runtime=${runtimeName()} pid=${process.pid} socket=${encodeURIComponent(socketPath)} version=${VERSION}`);
   return new Promise((resolve) => {
     const silence = silenceWatch(resolve);
     const channel = createInterface({ input: process.stdin, crlfDelay: Infinity });
@@ -255,6 +267,7 @@ function handleServerLine(line: string, silence: { setInterval: (seconds: number
     const keepalive = Number(fields.get("keepalive"));
     if (keepalive > 0) silence.setInterval(keepalive);
     allowedSchemes = new Set((fields.get("schemes") ?? "").split(",").filter(Boolean));
+    desktop = { name: fields.get("desktop") ?? "unknown", since: new Date().toISOString() };
   }
   return undefined;
 }
@@ -316,6 +329,13 @@ function serveConnection(connection: Socket): void {
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
+// The answer to a "status" line (send.ts --status), which no URL can be.
+function statusLine(): string {
+  if (!desktop) return "error no desktop has said hello yet";
+  const fields = new URLSearchParams({ desktop: desktop.name, since: desktop.since, runtime: runtimeName(), pid: String(process.pid) });
+  return `ok ${fields.toString().replaceAll("&", " ")}`;
+}
+
 // Refuse here what this end can tell is wrong; the server checks everything again.
 function forward(raw: Buffer, settle: (answer: string) => void): void {
   let url;
@@ -325,6 +345,7 @@ function forward(raw: Buffer, settle: (answer: string) => void): void {
     return settle("error line is not valid UTF-8");
   }
   if (url === "") return settle("error empty line");
+  if (url === "status") return settle(statusLine());
   if (/[\p{Cc}\p{Cf}\s]/u.test(url)) return settle("error URL contains whitespace or control characters");
   if (!URL.canParse(url)) return settle("error not a URL");
   const scheme = new URL(url).protocol.slice(0, -1);

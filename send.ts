@@ -17,32 +17,45 @@
 //     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid send.ts URL...
 //   bun send.ts URL...           (Bun drops a "--" right after the script name)
 //
-// Exit codes: 0 every URL opened, 64 usage, 65 a URL was refused by the
-// desktop, 69 no server is connected on this host (or it went away),
-// 70 internal error, 75 timed out, 128+N ended by signal N.
+// Exit codes: 0 every URL opened (--status: a desktop is connected), 64 usage,
+// 65 a URL was refused by the desktop, 69 no server is connected on this host
+// (or it went away), 70 internal error, 75 timed out, 128+N ended by signal N.
 
 import { connect } from "node:net";
 import { parseArgs } from "node:util";
 
 const PROGRAM = "send";
 const USAGE = `Usage: send.ts [--socket PATH] [--timeout SECONDS] URL...
+       send.ts --status
 
 Open each URL in the browser on the desktop that runs server.ts for this host.
-Exits 0 once the desktop has started its opener for every URL.
+Exits 0 once the desktop has started its opener for every URL; otherwise says
+why and prints each URL not opened on stderr, to be copied by hand.
 
 Options:
-  --socket PATH       the client's socket ($URLSERVER_SOCKET, else
+  --socket PATH       the client's socket (default: $URLSERVER_SOCKET, else
                       $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
-  --timeout SECONDS   give up waiting for the desktop after this long (10)
+  --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
+  --status            say whether a desktop is connected on this host, and since when
   -h, --help          show this help
+  --version           print the version
   --                  end of options: what follows is a URL even if it starts with -
 
-Exit codes: 0 all opened, 64 usage, 65 a URL was refused by the desktop,
-69 no server connected on this host, 70 internal error, 75 timed out,
-128+N ended by signal N
+Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
+
+Examples:
+  export BROWSER=~/send.ts                 programs that honour $BROWSER use it
+  ln -s ~/send.ts ~/bin/xdg-open           and those that call xdg-open
+  send.ts --status || echo "no desktop"    in a prompt or a script
+
+Exit codes: 0 all opened (or, with --status, a desktop is connected), 64 usage,
+65 a URL was refused by the desktop, 69 no server connected on this host,
+70 internal error, 75 timed out, 128+N ended by signal N
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
+// The release, kept here so that the three copies and package.json must agree.
+const VERSION = "0.2.0";
 // Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
 const cleanups: Array<() => void> = [];
 function exitNow(code: number): never {
@@ -69,6 +82,7 @@ async function main(argv: string[]): Promise<number> {
   let socketPath: string;
   let timeoutSeconds: number;
   let urls: string[];
+  let status: boolean;
   try {
     const { values, positionals } = parseArgs({
       args: argv,
@@ -77,16 +91,20 @@ async function main(argv: string[]): Promise<number> {
       options: {
         socket: { type: "string" },
         timeout: { type: "string", default: "10" },
+        status: { type: "boolean", default: false },
         help: { type: "boolean", short: "h" },
+        version: { type: "boolean" },
       },
     });
-    if (values.help) {
-      process.stdout.write(USAGE);
+    if (values.help || values.version) {
+      process.stdout.write(values.help ? USAGE : `send.ts ${VERSION}\n`);
       return 0;
     }
     timeoutSeconds = Number(values.timeout);
     if (!(timeoutSeconds > 0)) throw new Error(`--timeout needs a positive number of seconds, not "${values.timeout}"`);
-    if (positionals.length === 0) throw new Error("missing URL");
+    status = values.status;
+    if (status && positionals.length > 0) throw new Error("--status takes no URL");
+    if (!status && positionals.length === 0) throw new Error("missing URL");
     socketPath = values.socket || process.env.URLSERVER_SOCKET ||
       (process.env.XDG_RUNTIME_DIR ? `${process.env.XDG_RUNTIME_DIR}/urlserver.sock` : `/tmp/urlserver-${process.getuid?.() ?? 0}/sock`);
     urls = positionals;
@@ -94,61 +112,98 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "send.ts --help" for usage.\n`);
     return 64;
   }
-  return deliver(socketPath, urls, timeoutSeconds);
+  if (status) return reportStatus(await exchange(socketPath, ["status"], timeoutSeconds));
+  return reportDelivery(urls, await exchange(socketPath, urls, timeoutSeconds));
 }
 
-// Writes every URL, half-closes, then reads one answer per URL, in order.
-function deliver(socketPath: string, urls: string[], timeoutSeconds: number): Promise<number> {
+// The answers received, in order, and what cut the exchange short if anything did.
+type Outcome = { answers: string[]; failure?: (pending: string) => { code: number; message: string } };
+
+// Writes every line, half-closes, then reads one answer per line, in order.
+function exchange(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
   return new Promise((resolve) => {
     const socket = connect(socketPath);
+    const answers: string[] = [];
     let connected = false;
-    let answered = 0;
-    let exitCode = 0;
     let buffered = "";
     let finished = false;
-    const finish = (code: number, message?: string) => {
+    const finish = (failure?: Outcome["failure"]) => {
       if (finished) return;
       finished = true;
       clearTimeout(timer);
-      if (message) process.stderr.write(`${PROGRAM}: ${message}\n`);
       socket.destroy();
-      resolve(code);
+      resolve({ answers, failure });
     };
-    const timer = setTimeout(() => {
-      finish(75, `timed out after ${timeoutSeconds} s waiting for the desktop to open ${JSON.stringify(urls[answered])}`);
-    }, timeoutSeconds * 1000);
+    const timer = setTimeout(() => finish((pending) => ({
+      code: 75, message: `timed out after ${timeoutSeconds} s waiting for the desktop to open ${pending}` })), timeoutSeconds * 1000);
 
     socket.on("connect", () => {
       connected = true;
-      socket.end(urls.map((url) => `${url}\n`).join(""));
+      socket.end(lines.map((line) => `${line}\n`).join(""));
     });
     socket.on("error", (error: NodeJS.ErrnoException) => {
-      if (connected) return finish(69, `lost the connection to "${socketPath}": ${error.message}`);
+      if (connected) return finish(() => ({ code: 69, message: `lost the connection to "${socketPath}": ${error.message}` }));
       const noServer = error.code === "ENOENT" || error.code === "ECONNREFUSED";
-      finish(69, `cannot connect to "${socketPath}": ${noServer ? "no server is connected on this host" : error.message}`);
+      finish(() => ({ code: 69, message: `cannot connect to "${socketPath}": ${noServer ? "no server is connected on this host" : error.message}` }));
     });
     socket.setEncoding("utf8");
     socket.on("data", (chunk: string) => {
       buffered += chunk;
       let newline;
-      while ((newline = buffered.indexOf("\n")) !== -1 && answered < urls.length) {
-        const answer = buffered.slice(0, newline);
+      while ((newline = buffered.indexOf("\n")) !== -1 && answers.length < lines.length) {
+        answers.push(buffered.slice(0, newline));
         buffered = buffered.slice(newline + 1);
-        if (answer !== "ok") {
-          process.stderr.write(`${PROGRAM}: refused ${JSON.stringify(urls[answered])}: ${answer.replace(/^error ?/, "")}\n`);
-          exitCode = 65;
-        }
-        answered += 1;
       }
-      if (answered === urls.length) finish(exitCode);
+      if (answers.length === lines.length) finish();
     });
     socket.on("end", () => {
-      if (answered === urls.length) return;
-      // After a refusal of an overlong or idle line the client stops reading.
-      const why = exitCode === 65 ? "the client closed the connection after the refusal above" : "the server went away";
-      finish(exitCode || 69, `no answer for ${JSON.stringify(urls[answered])}: ${why}`);
+      // After refusing an overlong or idle line the client stops reading.
+      const refusedBefore = answers.some((answer) => answer !== "ok");
+      finish((pending) => refusedBefore
+        ? { code: 65, message: `no answer for ${pending}: the client closed the connection after the refusal above` }
+        : { code: 69, message: `no answer for ${pending}: the server went away` });
     });
   });
+}
+
+// One line per URL not opened saying why, then each such URL on a line of its
+// own: nothing is lost, the user can still open it by hand.
+function reportDelivery(urls: string[], outcome: Outcome): number {
+  let code = 0;
+  outcome.answers.forEach((answer, i) => {
+    if (answer === "ok") return;
+    process.stderr.write(`${PROGRAM}: refused ${JSON.stringify(urls[i])}: ${answer.replace(/^error ?/, "")}\n`);
+    code = 65;
+  });
+  if (outcome.failure) {
+    const failure = outcome.failure(JSON.stringify(urls[outcome.answers.length]));
+    process.stderr.write(`${PROGRAM}: ${failure.message}\n`);
+    code = failure.code;
+  }
+  for (const [i, url] of urls.entries()) {
+    if (outcome.answers[i] !== "ok") process.stderr.write(`${copyable(url)}\n`);
+  }
+  return code;
+}
+
+// On a terminal, an OSC 8 hyperlink; a URL with control characters is never
+// written raw, so it cannot drive the terminal.
+function copyable(url: string): string {
+  if (/[\p{Cc}\p{Cf}]/u.test(url)) return JSON.stringify(url);
+  return process.stderr.isTTY ? `\x1b]8;;${url}\x1b\\${url}\x1b]8;;\x1b\\` : url;
+}
+
+function reportStatus(outcome: Outcome): number {
+  const [answer] = outcome.answers;
+  if (answer?.startsWith("ok ")) {
+    const fields = new URLSearchParams(answer.slice(3).replaceAll(" ", "&"));
+    process.stdout.write(`connected to desktop ${JSON.stringify(fields.get("desktop"))} since ${fields.get("since")}` +
+      ` (client pid ${fields.get("pid")} on ${fields.get("runtime")})\n`);
+    return 0;
+  }
+  const why = answer ? answer.replace(/^error ?/, "") : outcome.failure?.("the status").message;
+  process.stderr.write(`${PROGRAM}: no desktop is connected on this host: ${why}\n`);
+  return 69;
 }
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, crash);

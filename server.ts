@@ -16,14 +16,14 @@
 //   deno run --allow-run --allow-read --allow-env --allow-sys server.ts HOST
 //   bun server.ts HOST
 //
-// Exit codes: 64 usage, 69 the client or the connection went away,
-// 70 internal error, 76 protocol mismatch, 128+N ended by signal N
-// (130 Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed).
+// Exit codes: 64 usage, 69 every host's client or connection went away,
+// 70 internal error, 73 cannot write the --log file, 76 protocol mismatch,
+// 128+N ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed).
 
 import { spawn } from "node:child_process";
-import type { ChildProcessWithoutNullStreams } from "node:child_process";
-import { existsSync } from "node:fs";
-import { release } from "node:os";
+import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
+import { accessSync, appendFileSync, constants, existsSync } from "node:fs";
+import { hostname, release } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
@@ -31,38 +31,53 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 
 const PROGRAM = "server";
-const USAGE = `Usage: server.ts [options] HOST
+const USAGE = `Usage: server.ts [options] HOST...
 
-Run client.ts on HOST over ssh and open here every URL sent there with
-send.ts. Runs until the connection ends; Ctrl-C ends it.
+Run client.ts on each HOST over ssh and open here every URL sent there with
+send.ts. Runs until the last connection ends; Ctrl-C ends it.
 
 Options:
   --ssh PROGRAM          ssh program, run as PROGRAM [ssh options] -- HOST CMD
-                         ($URLSERVER_SSH, else ssh)
-  --remote-command CMD   command that starts the client on HOST
-                         ($URLSERVER_REMOTE_COMMAND, else "exec sh client.ts":
+                         (default: $URLSERVER_SSH, else ssh)
+  --remote-command CMD   command that starts the client on HOST (default:
+                         $URLSERVER_REMOTE_COMMAND, else "exec sh client.ts":
                          ~/client.ts with the first of Deno, Bun, Node 22.18+
                          or npx tsx found on HOST)
-  --browser PROGRAM      opener, run with the URL as its last argument
-                         ($URLSERVER_BROWSER, else xdg-open; open on macOS;
-                         rundll32 url.dll,FileProtocolHandler on Windows and WSL)
+  --browser PROGRAM      opener, run with the URL as its last argument (default:
+                         $URLSERVER_BROWSER, else xdg-open; open on macOS;
+                         rundll32 url.dll,FileProtocolHandler on Windows, WSL)
   --keepalive SECONDS    heartbeat interval; each end gives up after three
-                         silent intervals (15)
+                         silent intervals (default: 15)
   --allow-scheme SCHEME  also open URLs with this scheme, such as mailto;
                          repeatable (http and https are always allowed)
-  --rate PER_SECOND      steady rate of opens once the burst is spent (1);
-                         0 turns rate limiting off
-  --burst N              opens allowed in a burst (10)
+  --rate PER_SECOND      steady rate of opens per host once the burst is spent
+                         (default: 1); 0 turns rate limiting off
+  --burst N              opens allowed in a burst, per host (default: 10)
+  --reconnect            reconnect a lost host, waiting 1 s, doubling to 60 s
+  --notify               show a desktop notification for each URL opened
+  --log FILE             append a JSON line per URL: time, host, URL, decision
   --local                run client.ts from beside this script on this
-                         machine, without ssh
+                         machine, without ssh (one HOST, used as a label)
   -h, --help             show this help
+  --version              print the version
 
-Exit codes: 64 usage, 69 the client or the connection went away, 70 internal
-error, 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143 TERM,
-129 HUP, 141 stderr closed)
+Environment: URLSERVER_SSH, URLSERVER_REMOTE_COMMAND, URLSERVER_BROWSER as
+above; the remote side uses URLSERVER_SOCKET and XDG_RUNTIME_DIR.
+
+Examples:
+  npx tsx server.ts build1 build2          serve two hosts from one terminal
+  npx tsx server.ts --reconnect laptop-vm  survive sleep and network changes
+  npx tsx server.ts --allow-scheme mailto --log ~/urls.log mail.example.org
+
+Exit codes: 0 --help, --version; 64 usage; 69 every host's client or connection
+went away; 70 internal error; 73 cannot write the --log file; 76 protocol
+mismatch (one HOST); 128+N ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP,
+141 stderr closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
+// The release, kept here so that the three copies and package.json must agree.
+const VERSION = "0.2.0";
 // Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
 const cleanups: Array<() => void> = [];
 function exitNow(code: number): never {
@@ -95,7 +110,7 @@ const LINE_HEAD_BYTES = 32;
 const DEFAULT_REMOTE_COMMAND = "exec sh client.ts";
 
 type Options = {
-  host: string;
+  hosts: string[];
   ssh: string;
   remoteCommand?: string;
   browser: string[];
@@ -103,15 +118,21 @@ type Options = {
   schemes: Set<string>;
   rate: number;
   burst: number;
+  reconnect: boolean;
+  notifier?: string[];
+  auditLog?: string;
   local: boolean;
 };
+
+// How a connection ended: the exit code, and whether trying again could help.
+type Ending = { code: number; final: boolean };
 
 async function main(argv: string[]): Promise<number> {
   let options: Options;
   try {
     const parsed = parseOptions(argv);
-    if (parsed === "help") {
-      process.stdout.write(USAGE);
+    if (parsed === "help" || parsed === "version") {
+      process.stdout.write(parsed === "help" ? USAGE : `server.ts ${VERSION}\n`);
       return 0;
     }
     options = parsed;
@@ -119,16 +140,21 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "server.ts --help" for usage.\n`);
     return 64;
   }
-  const connection = startConnection(options);
-  if (typeof connection === "string") {
-    log(options.host, connection);
-    return 69;
+  if (options.auditLog) {
+    try {
+      appendFileSync(options.auditLog, "");
+    } catch (error) {
+      process.stderr.write(`${PROGRAM}: cannot write the --log file "${options.auditLog}": ${(error as Error).message}\n`);
+      return 73;
+    }
   }
-  cleanups.push(() => connection.kill("SIGTERM"));
-  return serveConnection(connection, options);
+  const live = new Set<ChildProcess>();
+  cleanups.push(() => live.forEach((child) => child.kill("SIGTERM")));
+  const codes = await Promise.all(options.hosts.map((host) => serveHost(host, options, live)));
+  return codes.length === 1 ? codes[0] : 69;
 }
 
-function parseOptions(argv: string[]): Options | "help" {
+function parseOptions(argv: string[]): Options | "help" | "version" {
   const { values, positionals } = parseArgs({
     args: argv,
     strict: true,
@@ -141,19 +167,27 @@ function parseOptions(argv: string[]): Options | "help" {
       "allow-scheme": { type: "string", multiple: true, default: [] },
       rate: { type: "string", default: "1" },
       burst: { type: "string", default: "10" },
+      reconnect: { type: "boolean", default: false },
+      notify: { type: "boolean", default: false },
+      log: { type: "string" },
       local: { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
+      version: { type: "boolean" },
     },
   });
   if (values.help) return "help";
-  if (positionals.length !== 1) throw new Error(positionals.length ? "expected one HOST" : "missing HOST");
-  const host = positionals[0];
-  // ssh would read it as an option, whatever "--" says about the rest.
-  if (host.startsWith("-") || host === "") throw new Error(`refusing HOST "${host}": it would be read as an ssh option`);
+  if (values.version) return "version";
+  if (positionals.length === 0) throw new Error("missing HOST");
+  for (const host of positionals) {
+    // ssh would read it as an option, whatever "--" says about the rest.
+    if (host.startsWith("-") || host === "") throw new Error(`refusing HOST "${host}": it would be read as an ssh option`);
+  }
+  if (new Set(positionals).size !== positionals.length) throw new Error("a HOST is named twice");
+  if (values.local && positionals.length > 1) throw new Error("--local serves one HOST: its clients would share one socket");
   const env = process.env;
   const browser = values.browser ?? env.URLSERVER_BROWSER;
   return {
-    host,
+    hosts: positionals,
     ssh: values.ssh ?? env.URLSERVER_SSH ?? "ssh",
     remoteCommand: values["remote-command"] ?? env.URLSERVER_REMOTE_COMMAND,
     browser: browser ? [browser] : defaultOpener(),
@@ -161,6 +195,9 @@ function parseOptions(argv: string[]): Options | "help" {
     schemes: new Set(["http", "https", ...values["allow-scheme"].map(checkedScheme)]),
     rate: positiveNumber("--rate", values.rate, true),
     burst: Math.max(1, Math.floor(positiveNumber("--burst", values.burst, false))),
+    reconnect: values.reconnect,
+    notifier: values.notify ? findNotifier() : undefined,
+    auditLog: values.log,
     local: values.local,
   };
 }
@@ -182,6 +219,27 @@ function checkedScheme(text: string): string {
   return scheme;
 }
 
+// A missing notifier is said once, here, rather than for every URL.
+function findNotifier(): string[] | undefined {
+  const program = process.platform === "darwin" ? "osascript" : "notify-send";
+  const found = (process.env.PATH ?? "").split(":").some((dir) => {
+    try {
+      accessSync(join(dir || ".", program), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  if (!found) {
+    process.stderr.write(`${PROGRAM}: warning: --notify needs ${program}, which is not on PATH: no notifications\n`);
+    return undefined;
+  }
+  // osascript takes the texts as arguments, never inside the script's source.
+  return program === "osascript"
+    ? [program, "-e", "on run argv", "-e", "display notification (item 2 of argv) with title (item 1 of argv)", "-e", "end run"]
+    : [program, "--app-name=urlserver"];
+}
+
 function defaultOpener(): string[] {
   if (process.platform === "darwin") return ["open"];
   // No shell on the way: cmd's "start" would interpret & and ^ in URLs.
@@ -190,8 +248,25 @@ function defaultOpener(): string[] {
   return ["xdg-open"];
 }
 
+// One host's connection, and with --reconnect its successors: 1 s doubling to
+// 60 s between attempts, back to 1 s after a minute of stable connection.
+// The rate limit is the host's, whatever the connection.
+async function serveHost(host: string, options: Options, live: Set<ChildProcess>): Promise<number> {
+  const takeToken = rateLimiter(options.rate, options.burst);
+  let delaySeconds = 1;
+  for (let attempt = 2; ; attempt++) {
+    const started = Date.now();
+    const ending = await serveConnection(host, options, live, takeToken);
+    if (!options.reconnect || ending.final) return ending.code;
+    if (Date.now() - started >= 60_000) delaySeconds = 1;
+    log(host, `reconnecting in ${delaySeconds} s (attempt ${attempt})`);
+    await new Promise((resolve) => setTimeout(resolve, delaySeconds * 1000));
+    delaySeconds = Math.min(60, delaySeconds * 2);
+  }
+}
+
 // The child whose stdin and stdout are the channel: ssh, or the client itself.
-function startConnection(options: Options): ChildProcessWithoutNullStreams | string {
+function startConnection(host: string, options: Options): ChildProcessWithoutNullStreams | string {
   let command: string;
   let args: string[];
   if (options.local) {
@@ -207,7 +282,7 @@ function startConnection(options: Options): ChildProcessWithoutNullStreams | str
     const alive = Math.max(1, Math.ceil(options.keepaliveSeconds));
     command = options.ssh;
     args = ["-T", "-o", `ServerAliveInterval=${alive}`, "-o", "ServerAliveCountMax=3",
-      "--", options.host, options.remoteCommand ?? DEFAULT_REMOTE_COMMAND];
+      "--", host, options.remoteCommand ?? DEFAULT_REMOTE_COMMAND];
   }
   return spawn(command, args, { stdio: ["pipe", "pipe", "pipe"] });
 }
@@ -220,27 +295,38 @@ function localRuntimeFlags(): string[] {
     "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR", "--allow-sys"];
 }
 
-// Resolves with the exit code once the connection has ended, by whichever sign comes first.
-function serveConnection(child: ChildProcessWithoutNullStreams, options: Options): Promise<number> {
-  const { host } = options;
+// Resolves once the connection has ended, by whichever sign comes first, and
+// has been torn down: timers stopped, ssh (or the local client) told to go.
+function serveConnection(host: string, options: Options, live: Set<ChildProcess>, takeToken: () => boolean): Promise<Ending> {
+  const child = startConnection(host, options);
+  if (typeof child === "string") {
+    log(host, `disconnected: ${child}`);
+    return Promise.resolve({ code: 69, final: true });
+  }
+  live.add(child);
   return new Promise((resolve) => {
     let ended = false;
-    const end = (code: number, why: string) => {
+    const end = (code: number, why: string, final = false) => {
       if (ended) return;
       ended = true;
       log(host, `disconnected: ${why}`);
-      resolve(code);
+      session.stop();
+      child.kill("SIGTERM");
+      live.delete(child);
+      resolve({ code, final });
     };
-    child.on("error", (error) => end(69, `cannot run "${options.local ? "client" : options.ssh}": ${error.message}`));
-    child.on("exit", (code, signal) => end(69, `${options.local ? "the client" : "ssh"} exited with ${signal ?? `status ${code}`}`));
+    const session = sessionState(host, options, child, end, takeToken);
+    const what = options.local ? "the client" : "ssh";
+    child.on("error", (error) => end(69, `cannot run "${options.local ? "sh" : options.ssh}": ${error.message}`, true));
+    child.on("exit", (code, signal) => end(69, `${what} exited with ${signal ?? `status ${code}`}`));
     child.stdout.on("end", () => end(69, "the client's output ended (client or connection gone)"));
     child.stdin.on("error", () => { /* the exit or end above reports it */ });
     // The remote side's own messages, made safe for the terminal.
     createInterface({ input: child.stderr, crlfDelay: Infinity }).on("line", (line) => log(host, `remote: ${printable(line)}`));
 
-    const session = sessionState(options, child, end);
     readChannelLines(child.stdout, session.onLine);
-    child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}\n`);
+    child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}` +
+      ` desktop=${encodeURIComponent(hostname())} version=${VERSION}\n`);
   });
 }
 
@@ -280,10 +366,10 @@ function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => vo
   onLine(text.replace(/\r$/, ""));
 }
 
-function sessionState(options: Options, child: ChildProcessWithoutNullStreams, end: (code: number, why: string) => void) {
-  const { host, keepaliveSeconds } = options;
+function sessionState(host: string, options: Options, child: ChildProcessWithoutNullStreams,
+  end: (code: number, why: string, final?: boolean) => void, takeToken: () => boolean) {
+  const { keepaliveSeconds } = options;
   const send = (line: string) => child.stdin.write(`${line}\n`);
-  const takeToken = rateLimiter(options.rate, options.burst);
   let greeted = false;
   let silenceTimer: ReturnType<typeof setTimeout> | undefined;
   const heard = () => {
@@ -291,19 +377,25 @@ function sessionState(options: Options, child: ChildProcessWithoutNullStreams, e
     silenceTimer = setTimeout(() => end(69, `no word from the client for ${3 * keepaliveSeconds} s: connection lost`),
       3 * keepaliveSeconds * 1000);
   };
-  setInterval(() => send("ping"), keepaliveSeconds * 1000);
+  const pinger = setInterval(() => send("ping"), keepaliveSeconds * 1000);
+  const stop = () => {
+    clearInterval(pinger);
+    clearTimeout(silenceTimer);
+  };
 
   const onLine = (line: string, problem?: string) => {
     const [verb, id, ...rest] = line.split(" ");
     if (!greeted) {
       if (verb !== "hello" || problem) return log(host, `remote: ${printable(line)}${problem ? ` (${problem})` : ""}`);
       if (id !== PROTOCOL) {
-        return end(76, `the client speaks "${printable(id ?? "")}", this server speaks "${PROTOCOL}": copy this client.ts to ${host}`);
+        return end(76, `the client speaks "${printable(id ?? "")}", this server speaks "${PROTOCOL}": copy this client.ts to ${host}`, true);
       }
       greeted = true;
       heard();
       const fields = new URLSearchParams(rest.join("&"));
-      return log(host, `connected: client pid ${printable(fields.get("pid") ?? "?")} on ${printable(fields.get("runtime") ?? "unknown runtime")}, socket "${printable(fields.get("socket") ?? "?")}"`);
+      const field = (name: string) => printable(fields.get(name) ?? "?");
+      const version = fields.get("version") === VERSION ? "" : `, client.ts version ${field("version")} (server.ts ${VERSION})`;
+      return log(host, `connected: client pid ${field("pid")} on ${field("runtime")}, socket "${field("socket")}"${version}`);
     }
     heard();
     if (verb === "open" && /^[0-9]{1,15}$/.test(id ?? "") && (rest.length > 0 || problem)) {
@@ -321,15 +413,17 @@ function sessionState(options: Options, child: ChildProcessWithoutNullStreams, e
     const refusal = refusalReason(url, options.schemes);
     if (refusal) {
       log(host, `refused ${JSON.stringify(url.slice(0, 200))}: ${refusal}`);
+      audit(options, host, url, "refused", refusal);
       return answer(refusal);
     }
     if (!takeToken()) {
       log(host, `refused ${JSON.stringify(url)}: rate limited`);
+      audit(options, host, url, "rate limited");
       return answer("rate limited");
     }
-    openUrl(options.browser, url, host, answer);
+    openUrl(url, host, options, answer);
   };
-  return { onLine };
+  return { onLine, stop };
 }
 
 // The server trusts nothing from the remote host: every check is made here again.
@@ -368,21 +462,42 @@ function rateLimiter(perSecond: number, burst: number): () => boolean {
 // It is detached with its output ignored: some openers live as long as the
 // browser, and Ctrl-C here must not reach the browser. The URL counts as
 // opened once the opener has started.
-function openUrl(opener: string[], url: string, host: string, answer: (refusal?: string) => void): void {
-  const [program, ...args] = opener;
+function openUrl(url: string, host: string, options: Options, answer: (refusal?: string) => void): void {
+  const [program, ...args] = options.browser;
   const child = spawn(program, [...args, url], { detached: true, stdio: "ignore" });
   child.on("spawn", () => {
     log(host, `opened ${JSON.stringify(url)} with ${program} (pid ${child.pid})`);
+    audit(options, host, url, "opened");
+    if (options.notifier) notify(options.notifier, host, url);
     answer();
   });
   child.on("error", (error) => {
     log(host, `cannot open ${JSON.stringify(url)}: cannot run "${program}": ${error.message}`);
+    audit(options, host, url, "refused", `cannot run the opener "${program}"`);
     answer(`the desktop cannot run its opener "${program}"`);
   });
   child.on("exit", (code, signal) => {
     log(host, `${program} (pid ${child.pid}) exited with ${signal ?? `status ${code}`}`);
   });
   child.unref();
+}
+
+function notify(notifier: string[], host: string, url: string): void {
+  const [program, ...args] = notifier;
+  const child = spawn(program, [...args, `URL from ${host}`, url], { detached: true, stdio: "ignore" });
+  child.on("error", (error) => log(host, `cannot notify: ${error.message}`));
+  child.unref();
+}
+
+// One JSON line per URL, appended: the file is never truncated or rewritten.
+function audit(options: Options, host: string, url: string, decision: string, reason?: string): void {
+  if (!options.auditLog) return;
+  const entry = { time: new Date().toISOString(), host, url, decision, ...(reason ? { reason } : {}) };
+  try {
+    appendFileSync(options.auditLog, `${JSON.stringify(entry)}\n`);
+  } catch (error) {
+    log(host, `cannot write the --log file "${options.auditLog}": ${(error as Error).message}`);
+  }
 }
 
 function printable(text: string): string {

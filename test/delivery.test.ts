@@ -7,7 +7,7 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
-import { isAlive, killIfAlive, opened, send, startSession, tempDir, waitUntil } from "./helpers.ts";
+import { isAlive, killIfAlive, opened, send, startSession, tempDir, waitUntil, notOpened } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 
 /** Writes lines on one raw connection, half-closes, and returns the answers. */
@@ -99,5 +99,5 @@ test("an opener that cannot be run is a refusal with a reason, exit 65", { timeo
   const session = await startSession(t, ["--browser", "/nonexistent/browser"]);
   const result = await send(t, session, ["https://example.org/x"]);
   assert.equal(result.code, 65);
-  assert.equal(result.stderr, 'send: refused "https://example.org/x": the desktop cannot run its opener "/nonexistent/browser"');
+  assert.equal(result.stderr, notOpened(['send: refused "https://example.org/x": the desktop cannot run its opener "/nonexistent/browser"'], ["https://example.org/x"]));
 });

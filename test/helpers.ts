@@ -247,6 +247,14 @@ export function childrenOf(pid: number): number[] {
   }
 }
 
+/**
+ * What send.ts prints when URLs were not opened: its messages, then each such
+ * URL on a line of its own to be copied (JSON-quoted if it has control characters).
+ */
+export function notOpened(messages: string[], urls: string[]): string {
+  return [...messages, ...urls.map((url) => /[\p{Cc}\p{Cf}]/u.test(url) ? JSON.stringify(url) : url)].join("\n");
+}
+
 /** Runs send.ts against a session's socket. */
 export function send(t: TestContext, session: { env: Record<string, string> }, args: string[], timeoutMs = 15_000) {
   return run(t, "send.ts", args, { env: session.env, timeoutMs });

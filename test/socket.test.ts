@@ -15,7 +15,7 @@ import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { ROOT, needs, run, start, tempDir, waitForExit, waitUntil } from "./helpers.ts";
+import { ROOT, needs, run, start, tempDir, waitForExit, waitUntil, notOpened } from "./helpers.ts";
 import type { Proc } from "./helpers.ts";
 
 // Every process gets both variables, so the test machine's own never leak in;
@@ -53,7 +53,7 @@ function launch(t: TestContext, script: "client.ts" | "send.ts", args: string[],
 /** Waits for the client's hello and returns the socket path it names. */
 async function helloSocket(client: Proc): Promise<string> {
   const hello = await client.stdout.waitFor(/^hello /, 10_000);
-  const match = /^hello urlserver\/1 runtime=\S+ pid=\d+ socket=(\S+)$/.exec(hello);
+  const match = /^hello urlserver\/1 runtime=\S+ pid=\d+ socket=(\S+) version=\S+$/.exec(hello);
   assert.ok(match, `unexpected hello: ${hello}`);
   return decodeURIComponent(match[1]);
 }
@@ -145,7 +145,7 @@ test("--socket wins over $URLSERVER_SOCKET and $XDG_RUNTIME_DIR, in client.ts an
   const socket = join(dir, "opt sock");
   const client = launch(t, "client.ts", ["--socket", socket], { env });
   assert.equal(await helloSocket(client), socket);
-  assert.match(client.stdout.seen[0], / socket=%2Ftmp%2Fus-\w+%2Fopt%20sock$/);
+  assert.match(client.stdout.seen[0], / socket=%2Ftmp%2Fus-\w+%2Fopt%20sock /);
   assert.ok(lstatSync(socket).isSocket());
   assert.equal(existsSync(env.URLSERVER_SOCKET), false);
   assert.equal(existsSync(join(xdg, "urlserver.sock")), false);
@@ -191,7 +191,7 @@ test("neither variable set: /tmp/urlserver-UID/sock, the directory created 0700 
   const socket = `${USER_DIR}/sock`;
   assert.equal(await helloSocket(client), socket);
   assert.equal(lstatSync(probe).mode & 0o777, 0o666, "the client did not start under umask 000");
-  assert.match(client.stdout.seen[0], / socket=%2Ftmp%2Furlserver-54321%2Fsock$/);
+  assert.match(client.stdout.seen[0], / socket=%2Ftmp%2Furlserver-54321%2Fsock /);
   const directory = lstatSync(USER_DIR);
   assert.ok(directory.isDirectory());
   assert.equal(directory.uid, UID);
@@ -374,7 +374,7 @@ test("send.ts with no socket: exits 69 at once saying no server is connected", {
   const result = await run(t, "send.ts", ["https://example.org/nobody"], { env: { ...UNSET, URLSERVER_SOCKET: socket } });
   assert.equal(result.code, 69);
   assert.ok(result.ms < SEND_BOUND_MS, `send.ts took ${Math.round(result.ms)} ms`);
-  assert.equal(result.stderr, `send: cannot connect to "${socket}": no server is connected on this host`);
+  assert.equal(result.stderr, notOpened([`send: cannot connect to "${socket}": no server is connected on this host`], ["https://example.org/nobody"]));
   assert.equal(result.stdout, "");
 });
 
@@ -384,6 +384,6 @@ test("send.ts with a stale socket nobody listens on: exits 69 at once saying no 
   const result = await run(t, "send.ts", ["https://example.org/stale"], { env: { ...UNSET, URLSERVER_SOCKET: socket } });
   assert.equal(result.code, 69);
   assert.ok(result.ms < SEND_BOUND_MS, `send.ts took ${Math.round(result.ms)} ms`);
-  assert.equal(result.stderr, `send: cannot connect to "${socket}": no server is connected on this host`);
+  assert.equal(result.stderr, notOpened([`send: cannot connect to "${socket}": no server is connected on this host`], ["https://example.org/stale"]));
   assert.equal(result.stdout, "");
 });

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
-import { ROOT } from "./helpers.ts";
+import { ROOT, run } from "./helpers.ts";
 
 function stanzaOf(script: string): string {
   const text = readFileSync(join(ROOT, script), "utf8");
@@ -28,5 +28,15 @@ test("the stanza handles what it is there for: HUP, INT, TERM, EPIPE, crashes", 
   for (const needed of ['"SIGHUP"', '"SIGINT"', '"SIGTERM"', "process.stdout.on(\"error\"", "process.stderr.on(\"error\"",
     '"uncaughtException"', '"unhandledRejection"', "process.exit(code)"]) {
     assert.ok(stanza.includes(needed), `stanza lacks ${needed}`);
+  }
+});
+
+test("the version in the stanza is package.json's, and each script's --version prints it", { timeout: 30_000 }, async (t) => {
+  const { version } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
+  assert.match(stanzaOf("server.ts"), new RegExp(`const VERSION = "${version.replaceAll(".", "\\.")}";`));
+  for (const script of ["server.ts", "client.ts", "send.ts"] as const) {
+    const result = await run(t, script, ["--version"]);
+    assert.equal(result.code, 0);
+    assert.equal(result.stdout, `${script} ${version}`);
   }
 });
