@@ -82,6 +82,9 @@ process.on("unhandledRejection", crash);
 const PROTOCOL = "urlserver/1";
 const MAX_LINE_BYTES = 8192;
 const IDLE_MS = 10_000;
+// Enough for any real burst of senders; a flood of connections costs at most this many.
+const MAX_CONNECTIONS = 64;
+let openConnections = 0;
 const DEFAULT_KEEPALIVE_SECONDS = 15;
 
 type Pending = { resolve: (answer: string) => void };
@@ -274,6 +277,12 @@ function handleServerLine(line: string, silence: { setInterval: (seconds: number
 
 // One connection: URLs in, one line each; answers out in the same order.
 function serveConnection(connection: Socket): void {
+  if (openConnections >= MAX_CONNECTIONS) {
+    connection.on("error", () => connection.destroy());
+    connection.end("error busy\n", () => connection.destroy());
+    return;
+  }
+  openConnections += 1;
   const answers: Array<{ text?: string }> = [];
   let buffered: Buffer = Buffer.alloc(0);
   let closing = false;
@@ -324,7 +333,10 @@ function serveConnection(connection: Socket): void {
     flush();
   });
   connection.on("error", () => connection.destroy());
-  connection.on("close", () => clearTimeout(idleTimer));
+  connection.on("close", () => {
+    clearTimeout(idleTimer);
+    openConnections -= 1;
+  });
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });

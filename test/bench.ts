@@ -4,10 +4,16 @@
 // floors measured in the same run: the runtime's empty start-up, and socat
 // sending the same line to the same socket. Medians and 95th percentiles over
 // BENCH_RUNS runs (default 30); the ratio send.ts / empty start-up per runtime.
-// Not a test: it asserts nothing, it reports. BENCH_RUNTIMES=deno,bun picks runtimes.
+// Then throughput with rate limiting off: URLs per second delivered end to
+// end (socket, client, channel, server, opener started) over one connection
+// and over 20, beside socat relaying the same lines from a Unix socket to a
+// pipe; and the client's peak memory after a burst of 10,000 URLs.
+// Not a test: it asserts nothing, it reports. BENCH_RUNTIMES=deno,bun picks
+// runtimes; BENCH_RUNTIMES=none skips straight to throughput.
 
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { connect } from "node:net";
 import { cpus, release } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -57,6 +63,44 @@ function timeRuns(command: string[], env: NodeJS.ProcessEnv, input?: string): nu
   return times;
 }
 
+/** Sends count URLs over that many parallel connections and waits for every "ok": URLs per second. */
+async function throughput(socket: string, count: number, connections: number): Promise<number> {
+  const each = count / connections;
+  const started = performance.now();
+  await Promise.all(Array.from({ length: connections }, (_, c) => new Promise<void>((resolve, reject) => {
+    const connection = connect(socket, () => connection.end(Array.from({ length: each }, (_, i) => `https://example.org/${c}/${i}\n`).join("")));
+    let answers = "";
+    connection.setEncoding("utf8");
+    connection.on("data", (chunk: string) => { answers += chunk; });
+    connection.on("error", reject);
+    connection.on("close", () => answers === "ok\n".repeat(each) ? resolve() : reject(new Error(`connection ${c} answered ${JSON.stringify(answers.slice(0, 200))}`)));
+  })));
+  return count / ((performance.now() - started) / 1000);
+}
+
+/** The bare transport: socat relaying count lines from a Unix socket to a pipe, in lines per second. */
+async function socatRelay(dir: string, count: number): Promise<number> {
+  const path = join(dir, "floor.sock");
+  const relay = spawn("sh", ["-c", `socat -u UNIX-LISTEN:${path} STDOUT | wc -l`], { stdio: ["ignore", "pipe", "inherit"] });
+  let counted = "";
+  relay.stdout.on("data", (chunk) => { counted += chunk; });
+  const exited = new Promise((resolve) => relay.on("exit", resolve));
+  for (let waited = 0; !existsSync(path); waited += 5) {
+    if (waited > 5000) throw new Error("socat did not listen within 5 s");
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  const started = performance.now();
+  const connection = connect(path, () => connection.end(Array.from({ length: count }, (_, i) => `https://example.org/${i}\n`).join("")));
+  await exited;
+  const seconds = (performance.now() - started) / 1000;
+  if (Number(counted.trim()) !== count) throw new Error(`socat relayed ${counted.trim()} lines of ${count}`);
+  return count / seconds;
+}
+
+function peakRss(pid: number): number {
+  return Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
+}
+
 function percentile(times: number[], p: number): number {
   const sorted = [...times].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
@@ -68,6 +112,7 @@ function row(cells: Array<string | number>): string {
 
 // The server's last words, for the message when a run fails.
 let serverLog = "";
+let clientPid = 0;
 
 async function main(): Promise<number> {
   const dir = mkdtempSync("/tmp/us-bench-");
@@ -80,7 +125,8 @@ async function main(): Promise<number> {
       const timer = setTimeout(() => reject(new Error("the server did not connect within 15 s")), 15_000);
       server.stderr.on("data", (chunk) => {
         serverLog = (serverLog + chunk).slice(-4000);
-        if (/connected: /.test(serverLog)) { clearTimeout(timer); resolve(); }
+        const hello = /connected: client pid (\d+)/.exec(serverLog);
+        if (hello && !clientPid) { clientPid = Number(hello[1]); clearTimeout(timer); resolve(); }
       });
       server.on("exit", () => reject(new Error(`the server exited: ${serverLog}`)));
     });
@@ -109,6 +155,15 @@ async function main(): Promise<number> {
         `${(percentile(viaFirstLines, 50) / empty).toFixed(2)}×`]));
     }
     if (socat) lines.push("", `socat sending the same line to the same socket: median ${percentile(socatTimes, 50).toFixed(1)} ms, p95 ${percentile(socatTimes, 95).toFixed(1)} ms`);
+
+    const one = await throughput(socket, 5000, 1);
+    const twenty = await throughput(socket, 10_000, 20);
+    const floor = socat ? await socatRelay(dir, 10_000) : NaN;
+    lines.push("", row(["throughput (--rate 0, opener `true`)", "URLs per second"]), row(["---", "---:"]),
+      row(["5,000 URLs over 1 connection", one.toFixed(0)]),
+      row(["10,000 URLs over 20 parallel connections", twenty.toFixed(0)]),
+      row(["floor: socat relaying 10,000 lines from a Unix socket to a pipe", floor.toFixed(0)]),
+      "", `client peak RSS (VmHWM) after the runs above: ${peakRss(clientPid).toFixed(1)} MiB`);
     process.stdout.write(`${lines.join("\n")}\n`);
     return 0;
   } finally {
