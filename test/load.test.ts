@@ -34,7 +34,7 @@ function rawConnection(t: TestContext, socket: string) {
 
 test("at most 64 connections at once: the 65th is answered `error busy` and closed; a freed place is used again", { timeout: 30_000 }, async (t) => {
   const session = await startSession(t);
-  const idle = [];
+  const idle: Array<ReturnType<typeof rawConnection>> = [];
   for (let i = 0; i < 64; i++) {
     const raw = rawConnection(t, session.socket);
     await raw.connected;
@@ -62,8 +62,7 @@ test("at most 64 connections at once: the 65th is answered `error busy` and clos
 test("memory stays flat under 1,000 connections opened and left idle", { timeout: 60_000 }, async (t) => {
   const session = await startSession(t);
   const before = memoryOf(session.clientPid);
-  const connections = [];
-  for (let i = 0; i < 1000; i++) connections.push(rawConnection(t, session.socket));
+  const connections = Array.from({ length: 1000 }, () => rawConnection(t, session.socket));
   await Promise.all(connections.map((raw) => raw.connected));
   // All but 64 are turned away; wait until the client has dealt with every one.
   await waitUntil(() => connections.filter((raw) => raw.closed()).length === 1000 - 64, 20_000, "936 busy answers");
