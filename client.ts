@@ -278,14 +278,13 @@ function handleServerLine(line: string, silence: { setInterval: (seconds: number
 // One connection: URLs in, one line each; answers out in the same order.
 function serveConnection(connection: Socket): void {
   if (openConnections >= MAX_CONNECTIONS) {
-    connection.on("error", () => connection.destroy());
-    connection.end("error busy\n", () => connection.destroy());
-    return;
+    connection.write("error busy\n");
+    return finishWithout(connection);
   }
   openConnections += 1;
   const answers: Array<{ text?: string }> = [];
   let buffered: Buffer = Buffer.alloc(0);
-  let closing = false;
+  let closing: false | "refused" | "finishing" = false;
   let idleTimer = setTimeout(() => refuseAndClose(`no complete line within ${IDLE_MS / 1000} s`), IDLE_MS);
 
   const flush = () => {
@@ -293,9 +292,10 @@ function serveConnection(connection: Socket): void {
       if (!connection.destroyed) connection.write(`${answers.shift()!.text}\n`);
       else answers.shift();
     }
-    if (answers.length === 0 && (closing || connection.readableEnded)) {
-      connection.end(() => connection.destroy());
-    }
+    if (answers.length === 0 && closing === "refused") {
+      closing = "finishing";
+      finishWithout(connection);
+    } else if (answers.length === 0 && connection.readableEnded) connection.end(() => connection.destroy());
   };
   // Reserve the next answer's place; the returned function fills it in.
   const answer = () => {
@@ -303,13 +303,13 @@ function serveConnection(connection: Socket): void {
     answers.push(slot);
     return (final: string) => { slot.text = final; flush(); };
   };
-  // Stop reading at once (the rest of an overlong line is never buffered) and
-  // close once the earlier lines have their answers.
+  // Stop taking lines at once (the rest of an overlong line is never
+  // buffered) and close once the earlier lines have their answers.
   const refuseAndClose = (reason: string) => {
     clearTimeout(idleTimer);
-    closing = true;
-    connection.pause();
+    closing = "refused";
     connection.removeAllListeners("data");
+    connection.on("data", () => { /* discarded */ });
     answer()(`error ${reason}`);
   };
 
@@ -339,7 +339,19 @@ function serveConnection(connection: Socket): void {
   });
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+// Closing with the sender's bytes unread would reset the connection and lose
+// the answers already written: end this side, read and discard the rest, and
+// let go when the sender ends, or after 2 s.
+function finishWithout(connection: Socket): void {
+  connection.on("error", () => connection.destroy());
+  connection.on("end", () => connection.destroy());
+  connection.on("data", () => { /* discarded */ });
+  connection.end();
+  setTimeout(() => connection.destroy(), 2000).unref();
+}
+
+// ignoreBOM keeps a leading U+FEFF in the URL, to be refused like any format character.
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 // The answer to a "status" line (send.ts --status), which no URL can be.
 function statusLine(): string {

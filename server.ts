@@ -353,7 +353,8 @@ function readChannelLines(stream: Readable, onLine: (line: string, problem?: str
   });
 }
 
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM keeps a leading U+FEFF, so such a line is never taken for a message.
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 // Invalid UTF-8 would reach the opener altered (as U+FFFD), so it is refused.
 function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => void): void {
@@ -412,7 +413,7 @@ function sessionState(host: string, options: Options, child: ChildProcessWithout
   const openRequested = (url: string, answer: (refusal?: string) => void) => {
     const refusal = refusalReason(url, options.schemes);
     if (refusal) {
-      log(host, `refused ${JSON.stringify(url.slice(0, 200))}: ${refusal}`);
+      log(host, `refused ${printable(JSON.stringify(url.slice(0, 200)))}: ${refusal}`);
       audit(options, host, url, "refused", refusal);
       return answer(refusal);
     }
