@@ -15,7 +15,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { ROOT, isAlive, notOpened, opened, send, start, startSession, waitForExit, waitUntil } from "./helpers.ts";
+import { ROOT, isAlive, killIfAlive, notOpened, opened, send, start, startSession, waitForExit, waitUntil } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 import { commandOf, startSshd } from "./fixtures/sshd.ts";
 import type { Sshd } from "./fixtures/sshd.ts";
@@ -125,7 +125,7 @@ test("--local: the remote host is this one, so loopback URLs open as they are", 
 
 type Fetched = { url: string; target: string; status?: number; body?: string; error?: string };
 
-type Forwarding = { sshd: Sshd; session: Session; fetchedLog: string; fetched: () => Fetched[] };
+type Forwarding = { sshd: Sshd; session: Session; fetched: () => Fetched[] };
 
 /** sshd in the remote namespace, server.ts with the fetching browser in the desktop's. */
 async function forwardingSession(t: TestContext, extraArgs: string[] = []): Promise<Forwarding | undefined> {
@@ -139,7 +139,7 @@ async function forwardingSession(t: TestContext, extraArgs: string[] = []): Prom
   });
   const fetched = () => existsSync(fetchedLog)
     ? readFileSync(fetchedLog, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line) as Fetched) : [];
-  return { sshd, session, fetchedLog, fetched };
+  return { sshd, session, fetched };
 }
 
 /** Starts the token server on 127.0.0.1:port inside a namespace and waits until it listens. */
@@ -150,10 +150,13 @@ async function tokenServer(t: TestContext, namespace: string, port: number, toke
 }
 
 /** Runs send.ts on the remote side: in sshd's namespace, against the session's socket. */
-async function sendFromRemote(t: TestContext, forwarding: Forwarding, urls: string[]) {
-  const { sshd, session } = forwarding;
-  const proc = start(t, "send.ts", "ip", ["netns", "exec", sshd.namespace, process.execPath, "--import", "tsx", join(ROOT, "send.ts"), ...urls],
-    { env: session.env, stdin: "ignore" });
+function sendFromRemote(t: TestContext, forwarding: Forwarding, urls: string[]) {
+  return sendInNamespace(t, forwarding.sshd.namespace, forwarding.session.env, urls);
+}
+
+async function sendInNamespace(t: TestContext, namespace: string, env: Record<string, string>, urls: string[]) {
+  const proc = start(t, "send.ts", "ip", ["netns", "exec", namespace, process.execPath, "--import", "tsx", join(ROOT, "send.ts"), ...urls],
+    { env, stdin: "ignore" });
   const exit = await waitForExit(proc, 20_000, "send.ts");
   await waitUntil(() => proc.stdout.ended && proc.stderr.ended, 2000, "send.ts's output to end");
   return { ...exit, stdout: proc.stdout.text(), stderr: proc.stderr.text() };
@@ -188,6 +191,20 @@ test("over real ssh: a loopback callback URL reaches the remote host's server th
   assert.deepEqual(forwarding.fetched(), [{ url, target: url, status: 200, body: TOKEN }]);
   assert.match(session.server.stderr.text(),
     /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8123\/callback\?code=abc" with \S+fetch-browser\.mjs \(pid \d+\), port 8123 forwarded$/m);
+});
+
+test("over real ssh: an [::1] URL is forwarded on the desktop's ::1, where the browser connects", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  // On the remote side, sshd reaches "localhost": the server there listens on 127.0.0.1.
+  await tokenServer(t, sshd.namespace, 8130, TOKEN);
+  const url = "http://[::1]:8130/";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
+  assert.deepEqual(forwarding.fetched(), [{ url, target: url, status: 200, body: TOKEN }]);
+  assert.equal(forwardedLines(session, 8130, "forwarded").length, 1);
 });
 
 test("over real ssh: an OAuth authorization URL forwards its redirect_uri's port, and the redirect reaches the remote host", { timeout: 40_000 }, async (t) => {
@@ -262,4 +279,29 @@ test("over real ssh: --no-forward-loopback refuses a loopback URL rather than op
   assert.equal(result.code, 65);
   assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: ${NO_FORWARD}`], [url]));
   assert.deepEqual(forwarding.fetched(), [], "the browser was run");
+});
+
+test("over real ssh: two hosts cannot both forward one desktop port: the second is refused", { timeout: 40_000 }, async (t) => {
+  const sshd = await startSshd(t, { separateDesktop: true });
+  if (!sshd) return;
+  const fetchedLog = join(sshd.dir, "fetched");
+  // The second host's session has URLSERVER_TEST_HOST=2: its client listens on sock2.
+  const remoteCommand = `cd ${ROOT} && URLSERVER_SOCKET=${sshd.dir}/sock$URLSERVER_TEST_HOST exec ${process.execPath} --import tsx client.ts`;
+  const server = start(t, "server.ts", "ip", ["netns", "exec", sshd.desktopNamespace, process.execPath, "--import", "tsx", join(ROOT, "server.ts"),
+    "--ssh", sshd.sshWrapper, "--remote-command", remoteCommand, "--browser", FETCH_BROWSER, "sshd-host", "sshd-host2"],
+    { env: { FETCH_BROWSER_LOG: fetchedLog, TMPDIR: sshd.dir } });
+  for (const host of ["sshd-host", "sshd-host2"]) {
+    const hello = await server.stderr.waitFor(new RegExp(`Z ${host}: connected: client pid \\d+`), 15_000);
+    const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
+    t.after(() => killIfAlive(clientPid));
+  }
+  await tokenServer(t, sshd.namespace, 8129, TOKEN);
+  const url = "http://127.0.0.1:8129/cb";
+  const viaFirst = await sendInNamespace(t, sshd.namespace, { URLSERVER_SOCKET: join(sshd.dir, "sock") }, [url]);
+  assert.equal(viaFirst.code, 0, viaFirst.stderr);
+  const viaSecond = await sendInNamespace(t, sshd.namespace, { URLSERVER_SOCKET: join(sshd.dir, "sock2") }, [url]);
+  assert.equal(viaSecond.code, 65);
+  assert.equal(viaSecond.stderr, notOpened([`send: refused ${JSON.stringify(url)}: desktop port 8129 is in use`], [url]));
+  assert.match(server.stderr.text(), /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8129\/cb" with \S+ \(pid \d+\), port 8129 forwarded$/m);
+  assert.match(server.stderr.text(), /Z sshd-host2: refused "http:\/\/127\.0\.0\.1:8129\/cb": desktop port 8129 is in use$/m);
 });
