@@ -331,12 +331,12 @@ function localRuntimeFlags(): string[] {
     "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR", "--allow-sys"];
 }
 
-// Resolves once the connection has ended, by whichever sign comes first, and
-// has been torn down: timers stopped, ssh (or the local client) told to go.
 // Each connection has a control socket of its own: a master killed without
 // removing its socket cannot stand in the way of the next one.
 let connections = 0;
 
+// Resolves once the connection has ended, by whichever sign comes first, and
+// has been torn down: timers stopped, ssh (or the local client) told to go.
 function serveConnection(host: string, options: Options, live: Set<ChildProcess>, takeToken: () => boolean): Promise<Ending> {
   const controlPath = options.controlDirectory ? join(options.controlDirectory, String(++connections)) : undefined;
   const child = startConnection(host, options, controlPath);
