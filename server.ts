@@ -1,6 +1,6 @@
 #!/bin/sh
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
-":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-run --allow-read --allow-env --allow-sys "$s" "$@"
+":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-run --allow-read --allow-write --allow-env --allow-sys "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
 ":" //; case $(node --version 2>/dev/null) in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"; exec node --disable-warning=ExperimentalWarning "$s" "$@";; esac
 ":" //; command -v tsx >/dev/null && exec tsx "$s" "$@"
@@ -13,7 +13,7 @@
 //   ./server.ts HOST                             the first runtime found (above)
 //   npx tsx server.ts HOST                       Node 20+ with tsx
 //   node server.ts HOST                          Node 22.18+ (type stripping)
-//   deno run --allow-run --allow-read --allow-env --allow-sys server.ts HOST
+//   deno run --allow-run --allow-read --allow-write --allow-env --allow-sys server.ts HOST
 //   bun server.ts HOST
 //
 // Exit codes: 64 usage, 69 every host's client or connection went away,
@@ -22,8 +22,8 @@
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, constants, existsSync } from "node:fs";
-import { hostname, release } from "node:os";
+import { accessSync, appendFileSync, constants, existsSync, mkdtempSync, rmSync } from "node:fs";
+import { hostname, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
@@ -56,6 +56,9 @@ Options:
   --reconnect            reconnect a lost host, waiting 1 s, doubling to 60 s
   --notify               show a desktop notification for each URL opened
   --log FILE             append a JSON line per URL: time, host, URL, decision
+  --no-forward-loopback  refuse URLs to the remote host's own loopback
+                         (localhost, 127.x.y.z, [::1], or such a redirect_uri)
+                         instead of forwarding their port over the connection
   --local                run client.ts from beside this script on this
                          machine, without ssh (one HOST, used as a label)
   -h, --help             show this help
@@ -108,6 +111,13 @@ const LINE_HEAD_BYTES = 32;
 // client.ts's first lines pick the runtime; sh runs them whatever the login
 // shell (fish, csh) and whether or not scp kept the executable bit.
 const DEFAULT_REMOTE_COMMAND = "exec sh client.ts";
+// Privileged ports would need root on the desktop to listen on.
+const MIN_FORWARDED_PORT = 1024;
+// An ssh master that does not answer within this long is not going to.
+const FORWARD_TIMEOUT_MS = 10_000;
+// ssh binds its control socket as PATH plus 17 characters, then renames it;
+// Unix socket paths end at 104 bytes on macOS, 108 on Linux.
+const MAX_CONTROL_DIRECTORY_LENGTH = 80;
 
 type Options = {
   hosts: string[];
@@ -122,6 +132,9 @@ type Options = {
   notifier?: string[];
   auditLog?: string;
   local: boolean;
+  forwardLoopback: boolean;
+  /** Where the ssh masters' control sockets live; only when loopback ports are forwarded. */
+  controlDirectory?: string;
 };
 
 // How a connection ended: the exit code, and whether trying again could help.
@@ -148,6 +161,12 @@ async function main(argv: string[]): Promise<number> {
       return 73;
     }
   }
+  if (options.forwardLoopback && !options.local) {
+    const directory = makeControlDirectory();
+    // Pushed first, so run last: after the masters have been told to go.
+    cleanups.push(() => rmSync(directory, { recursive: true, force: true }));
+    options.controlDirectory = directory;
+  }
   const live = new Set<ChildProcess>();
   cleanups.push(() => live.forEach((child) => child.kill("SIGTERM")));
   const codes = await Promise.all(options.hosts.map((host) => serveHost(host, options, live)));
@@ -171,6 +190,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       notify: { type: "boolean", default: false },
       log: { type: "string" },
       local: { type: "boolean", default: false },
+      "no-forward-loopback": { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean" },
     },
@@ -199,6 +219,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     notifier: values.notify ? findNotifier() : undefined,
     auditLog: values.log,
     local: values.local,
+    forwardLoopback: !values["no-forward-loopback"],
   };
 }
 
@@ -248,6 +269,17 @@ function defaultOpener(): string[] {
   return ["xdg-open"];
 }
 
+// The ssh masters' control sockets give access to the connections, so they
+// live in a directory only this user can enter (mkdtemp makes it 0700). ssh
+// reads a ControlPath as words with %-tokens, and socket paths are short: a
+// temporary directory with spaces or a long name gives way to /tmp.
+function makeControlDirectory(): string {
+  const directory = mkdtempSync(join(tmpdir(), "urlserver-"));
+  if (/^[\w./-]+$/.test(directory) && directory.length <= MAX_CONTROL_DIRECTORY_LENGTH) return directory;
+  rmSync(directory, { recursive: true, force: true });
+  return mkdtempSync("/tmp/urlserver-");
+}
+
 // One host's connection, and with --reconnect its successors: 1 s doubling to
 // 60 s between attempts, back to 1 s after a minute of stable connection.
 // The rate limit is the host's, whatever the connection.
@@ -266,7 +298,7 @@ async function serveHost(host: string, options: Options, live: Set<ChildProcess>
 }
 
 // The child whose stdin and stdout are the channel: ssh, or the client itself.
-function startConnection(host: string, options: Options): ChildProcessWithoutNullStreams | string {
+function startConnection(host: string, options: Options, controlPath?: string): ChildProcessWithoutNullStreams | string {
   let command: string;
   let args: string[];
   if (options.local) {
@@ -281,7 +313,11 @@ function startConnection(host: string, options: Options): ChildProcessWithoutNul
   } else {
     const alive = Math.max(1, Math.ceil(options.keepaliveSeconds));
     command = options.ssh;
-    args = ["-T", "-o", `ServerAliveInterval=${alive}`, "-o", "ServerAliveCountMax=3",
+    // As the master of its control socket, this ssh can add port forwards on
+    // request; ControlPersist=no keeps a user's own setting from sending it to
+    // the background, where it and its forwards would outlive this server.
+    const master = controlPath ? ["-o", "ControlMaster=yes", "-o", `ControlPath=${controlPath}`, "-o", "ControlPersist=no"] : [];
+    args = ["-T", "-o", `ServerAliveInterval=${alive}`, "-o", "ServerAliveCountMax=3", ...master,
       "--", host, options.remoteCommand ?? DEFAULT_REMOTE_COMMAND];
   }
   return spawn(command, args, { stdio: ["pipe", "pipe", "pipe"] });
@@ -295,10 +331,15 @@ function localRuntimeFlags(): string[] {
     "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR", "--allow-sys"];
 }
 
+// Each connection has a control socket of its own: a master killed without
+// removing its socket cannot stand in the way of the next one.
+let connections = 0;
+
 // Resolves once the connection has ended, by whichever sign comes first, and
 // has been torn down: timers stopped, ssh (or the local client) told to go.
 function serveConnection(host: string, options: Options, live: Set<ChildProcess>, takeToken: () => boolean): Promise<Ending> {
-  const child = startConnection(host, options);
+  const controlPath = options.controlDirectory ? join(options.controlDirectory, String(++connections)) : undefined;
+  const child = startConnection(host, options, controlPath);
   if (typeof child === "string") {
     log(host, `disconnected: ${child}`);
     return Promise.resolve({ code: 69, final: true });
@@ -315,7 +356,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       live.delete(child);
       resolve({ code, final });
     };
-    const session = sessionState(host, options, child, end, takeToken);
+    const session = sessionState(host, options, child, end, takeToken, { controlPath, live });
     const what = options.local ? "the client" : "ssh";
     child.on("error", (error) => end(69, `cannot run "${options.local ? "sh" : options.ssh}": ${error.message}`, true));
     child.on("exit", (code, signal) => end(69, `${what} exited with ${signal ?? `status ${code}`}`));
@@ -368,7 +409,8 @@ function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => vo
 }
 
 function sessionState(host: string, options: Options, child: ChildProcessWithoutNullStreams,
-  end: (code: number, why: string, final?: boolean) => void, takeToken: () => boolean) {
+  end: (code: number, why: string, final?: boolean) => void, takeToken: () => boolean,
+  master: { controlPath?: string; live: Set<ChildProcess> }) {
   const { keepaliveSeconds } = options;
   const send = (line: string) => child.stdin.write(`${line}\n`);
   let greeted = false;
@@ -417,12 +459,45 @@ function sessionState(host: string, options: Options, child: ChildProcessWithout
       audit(options, host, url, "refused", refusal);
       return answer(refusal);
     }
+    // Through --local the remote host is this one: its loopback is ours.
+    const target = options.local ? undefined : loopbackTarget(url);
+    // Never opened against the desktop's own loopback: forwarded, or refused.
+    if (target && target.port < MIN_FORWARDED_PORT) {
+      return refuse(url, `loopback URL: its port ${target.port} is on the remote host, and ports below ${MIN_FORWARDED_PORT} are not forwarded`, answer);
+    }
+    if (target && !master.controlPath) {
+      return refuse(url, "loopback URL: its port is on the remote host, and --no-forward-loopback is set", answer);
+    }
     if (!takeToken()) {
       log(host, `refused ${JSON.stringify(url)}: rate limited`);
       audit(options, host, url, "rate limited");
       return answer("rate limited");
     }
-    openUrl(url, host, options, answer);
+    if (!target) return openUrl(url, host, options, answer);
+    forwardOnce(target).then(({ refusal, reused }) => {
+      if (refusal) return refuse(url, refusal, answer);
+      openUrl(url, host, options, answer, `, port ${target.port} ${reused ? "already forwarded" : "forwarded"}`);
+    }, crash);
+  };
+
+  const refuse = (url: string, refusal: string, answer: (refusal?: string) => void) => {
+    log(host, `refused ${JSON.stringify(url)}: ${refusal}`);
+    audit(options, host, url, "refused", refusal);
+    answer(refusal);
+  };
+
+  // One forward per desktop address and port for the life of this connection:
+  // URLs arriving while it is being set up wait for it; a failed one is
+  // forgotten, so that a port freed meanwhile can be forwarded later.
+  const forwards = new Map<string, Promise<string | undefined>>();
+  const forwardOnce = async (target: LoopbackTarget) => {
+    const key = `${target.address}:${target.port}`;
+    const existing = forwards.get(key);
+    const forwarding = existing ?? forwardPort(options.ssh, master.controlPath!, host, target, master.live);
+    if (!existing) forwards.set(key, forwarding);
+    const refusal = await forwarding;
+    if (refusal && forwards.get(key) === forwarding) forwards.delete(key);
+    return { refusal, reused: existing !== undefined };
   };
   return { onLine, stop };
 }
@@ -444,6 +519,78 @@ function refusalReason(url: string, schemes: Set<string>): string | undefined {
   return undefined;
 }
 
+// Where on the desktop's loopback a URL will lead the browser, when it is to
+// the remote host's loopback: directly, or as an OAuth authorization request
+// whose provider will redirect the browser to its redirect_uri.
+type LoopbackTarget = { address: string; port: number };
+
+function loopbackTarget(url: string): LoopbackTarget | undefined {
+  const parsed = new URL(url);
+  const direct = loopbackAddress(parsed);
+  if (direct) return direct;
+  if (parsed.protocol !== "https:") return undefined;
+  for (const name of ["redirect_uri", "redirect_url"]) {
+    const redirect = parsed.searchParams.get(name);
+    if (redirect && URL.canParse(redirect)) {
+      const target = loopbackAddress(new URL(redirect));
+      if (target) return target;
+    }
+  }
+  return undefined;
+}
+
+// Only the port and which loopback address are taken from the URL, both
+// checked here (the URL parser has already made addresses canonical): nothing
+// else from the remote side becomes an ssh argument. The desktop listens on
+// the address the browser will connect to; "localhost" is 127.0.0.1.
+function loopbackAddress(parsed: URL): LoopbackTarget | undefined {
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") return undefined;
+  const host = parsed.hostname;
+  const address = host === "localhost" ? "127.0.0.1"
+    : host === "[::1]" ? "[::1]"
+    : /^127(\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}$/.test(host) ? host
+    : undefined;
+  if (!address) return undefined;
+  const port = parsed.port === "" ? (parsed.protocol === "https:" ? 443 : 80) : Number.parseInt(parsed.port, 10);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return undefined;
+  return { address, port };
+}
+
+// Asks this connection's ssh master, through its control socket, to listen on
+// the desktop's loopback at the port and carry each connection to the same
+// port on the remote host's loopback: the port must stay the same, OAuth
+// redirect URIs carry it. The forward ends with the master. Resolves to a
+// reason for refusing the URL, or undefined once the forward is in place.
+function forwardPort(ssh: string, controlPath: string, host: string, target: LoopbackTarget,
+  live: Set<ChildProcess>): Promise<string | undefined> {
+  const { address, port } = target;
+  const child = spawn(ssh, ["-S", controlPath, "-O", "forward", "-L", `${address}:${port}:localhost:${port}`, "--", host],
+    { stdio: ["ignore", "ignore", "pipe"] });
+  live.add(child);
+  let said = "";
+  child.stderr.setEncoding("utf8");
+  child.stderr.on("data", (chunk: string) => { said = (said + chunk).slice(-1000); });
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      resolve(`forwarding desktop port ${port} took longer than ${FORWARD_TIMEOUT_MS / 1000} s`);
+    }, FORWARD_TIMEOUT_MS);
+    const done = (refusal?: string) => {
+      clearTimeout(timer);
+      live.delete(child);
+      resolve(refusal);
+    };
+    child.on("error", (error) => done(`cannot run "${ssh}" to forward desktop port ${port}: ${error.message}`));
+    child.on("close", (code, signal) => {
+      if (code === 0) return done();
+      // The master's words when it cannot listen there: someone else does.
+      if (/Port forwarding failed/.test(said)) return done(`desktop port ${port} is in use`);
+      const why = printable(said.trim().split("\n").pop() ?? "") || `ssh exited with ${signal ?? `status ${code}`}`;
+      done(`cannot forward desktop port ${port}: ${why}`);
+    });
+  });
+}
+
 // A token bucket: a burst at once, then a steady rate; rate 0 means no limit.
 function rateLimiter(perSecond: number, burst: number): () => boolean {
   let tokens = burst;
@@ -463,11 +610,11 @@ function rateLimiter(perSecond: number, burst: number): () => boolean {
 // It is detached with its output ignored: some openers live as long as the
 // browser, and Ctrl-C here must not reach the browser. The URL counts as
 // opened once the opener has started.
-function openUrl(url: string, host: string, options: Options, answer: (refusal?: string) => void): void {
+function openUrl(url: string, host: string, options: Options, answer: (refusal?: string) => void, forwarded = ""): void {
   const [program, ...args] = options.browser;
   const child = spawn(program, [...args, url], { detached: true, stdio: "ignore" });
   child.on("spawn", () => {
-    log(host, `opened ${JSON.stringify(url)} with ${program} (pid ${child.pid})`);
+    log(host, `opened ${JSON.stringify(url)} with ${program} (pid ${child.pid})${forwarded}`);
     audit(options, host, url, "opened");
     if (options.notifier) notify(options.notifier, host, url);
     answer();

@@ -212,7 +212,7 @@ export type Session = {
  * and its socket exists.
  */
 export async function startSession(t: TestContext, extraArgs: string[] = [], options: {
-  local?: boolean; dir?: string; ssh?: string; host?: string; remoteCommand?: (socket: string) => string;
+  local?: boolean; dir?: string; ssh?: string; host?: string; remoteCommand?: (socket: string) => string; browser?: string;
   /** How to run server.ts instead of node with tsx, such as ["sh", "server.ts"]; and extra environment. */
   serverVia?: string[]; env?: Record<string, string>;
 } = {}): Promise<Session> {
@@ -220,10 +220,12 @@ export async function startSession(t: TestContext, extraArgs: string[] = [], opt
   const socket = join(dir, "sock");
   const browserLog = join(dir, "opened");
   const sshLog = join(dir, "ssh.log");
-  const env = { ...options.env, URLSERVER_SOCKET: socket, FAKE_BROWSER_LOG: browserLog, FAKE_SSH_LOG: sshLog };
+  // TMPDIR: server.ts's private directory for ssh's control sockets goes with
+  // the test's, also when the test ends it with SIGKILL and it cannot clean up.
+  const env = { ...options.env, URLSERVER_SOCKET: socket, FAKE_BROWSER_LOG: browserLog, FAKE_SSH_LOG: sshLog, TMPDIR: dir };
   const remoteCommand = options.remoteCommand?.(socket) ?? CLIENT_COMMAND;
   const transport = options.local ? ["--local"] : ["--ssh", options.ssh ?? FAKE_SSH, "--remote-command", remoteCommand];
-  const args = [...transport, "--browser", FAKE_BROWSER, ...extraArgs, options.host ?? "testhost"];
+  const args = [...transport, "--browser", options.browser ?? FAKE_BROWSER, ...extraArgs, options.host ?? "testhost"];
   const server = options.serverVia
     ? start(t, "server.ts", options.serverVia[0], [...options.serverVia.slice(1), ...args], { env })
     : startScript(t, "server.ts", args, { env });

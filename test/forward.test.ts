@@ -1,0 +1,307 @@
+// Ensures URLs to the remote host's own loopback (a dev server, an OAuth
+// loopback redirect) work on the desktop: server.ts forwards their port
+// through the ssh connection it already owns, then opens them unchanged; a
+// port it cannot forward is a refusal, never the desktop's own loopback.
+// The first tests use the fake ssh (which cannot forward) to pin down which
+// URLs are forwarded, with which ssh arguments; the rest run real OpenSSH
+// with the remote side (sshd, client, send.ts, its HTTP server) and the desktop
+// side (server.ts, its ssh, the browser) in two network namespaces joined by
+// a veth pair, so that the two loopbacks are truly different.
+// The real-OpenSSH tests need root, sshd, ip and iptables: skipped without
+// them, failing in CI.
+
+import assert from "node:assert/strict";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { test } from "node:test";
+import type { TestContext } from "node:test";
+import { ROOT, isAlive, killIfAlive, notOpened, opened, send, start, startSession, waitForExit, waitUntil } from "./helpers.ts";
+import type { Session } from "./helpers.ts";
+import { commandOf, startSshd } from "./fixtures/sshd.ts";
+import type { Sshd } from "./fixtures/sshd.ts";
+
+const FETCH_BROWSER = join(ROOT, "test/fixtures/fetch-browser.mjs");
+const TOKEN_SERVER = join(ROOT, "test/fixtures/token-server.mjs");
+const TOKEN = "token-from-the-remote-host";
+const NO_FORWARD = "loopback URL: its port is on the remote host, and --no-forward-loopback is set";
+
+/** The fake ssh's runs after the first (the connection): the forwards asked for. */
+function forwardRequests(session: Session): string[][] {
+  return readFileSync(session.sshLog, "utf8").split("\n").filter(Boolean).slice(1).map((line) => JSON.parse(line).args);
+}
+
+function controlPathOf(args: string[]): string {
+  const option = args.find((arg) => arg.startsWith("ControlPath="));
+  assert.ok(option, `no ControlPath in ${JSON.stringify(args)}`);
+  return option.slice("ControlPath=".length);
+}
+
+test("ssh runs as the master of a control socket in a private 0700 directory, removed when the server exits", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t, ["--keepalive", "7"]);
+  const { args } = JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]);
+  const controlPath = controlPathOf(args);
+  assert.deepEqual(args.slice(0, 13), ["-T", "-o", "ServerAliveInterval=7", "-o", "ServerAliveCountMax=3",
+    "-o", "ControlMaster=yes", "-o", `ControlPath=${controlPath}`, "-o", "ControlPersist=no", "--", "testhost"]);
+  assert.ok(controlPath.length < 90, `ControlPath "${controlPath}" is too long for a socket`);
+  const directory = statSync(dirname(controlPath));
+  assert.equal(directory.mode & 0o777, 0o700);
+  assert.equal(directory.uid, process.getuid!());
+  process.kill(session.server.pid, "SIGTERM");
+  assert.equal((await waitForExit(session.server, 5000, "server")).code, 143);
+  assert.equal(existsSync(dirname(controlPath)), false, "the control directory is left behind");
+});
+
+test("loopback URLs ask ssh for exactly one forward of their port; other URLs none; the fake ssh's failure is the reason", { timeout: 30_000 }, async (t) => {
+  const session = await startSession(t);
+  const controlPath = controlPathOf(JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]).args);
+  const forwarded: Array<[string, string]> = [
+    ["http://127.0.0.1:8123/callback?code=abc", "127.0.0.1:8123:localhost:8123"],
+    ["http://localhost:3000/", "127.0.0.1:3000:localhost:3000"],
+    ["http://[::1]:8080/x", "[::1]:8080:localhost:8080"],
+    ["https://127.1:8443/", "127.0.0.1:8443:localhost:8443"],
+    ["http://127.0.0.2:8000/", "127.0.0.2:8000:localhost:8000"],
+    ["https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8124%2Fcb", "127.0.0.1:8124:localhost:8124"],
+    ["https://auth.example/authorize?redirect_url=http%3A%2F%2Flocalhost%3A9000%2F", "127.0.0.1:9000:localhost:9000"],
+  ];
+  for (const [url, spec] of forwarded) {
+    const port = spec.split(":").at(-1);
+    const result = await send(t, session, [url]);
+    assert.equal(result.code, 65, result.stderr);
+    assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: cannot forward desktop port ${port}: fake-ssh: expected [options] -- HOST COMMAND`], [url]));
+    assert.deepEqual(forwardRequests(session).at(-1), ["-S", controlPath, "-O", "forward", "-L", spec, "--", "testhost"]);
+  }
+  assert.equal(forwardRequests(session).length, forwarded.length, "one forward asked for per URL");
+
+  const openedAsTheyAre = [
+    "https://example.org/?redirect_uri=https%3A%2F%2Fexample.org%2Fcb",
+    "http://127.0.0.1.example.org:8000/",
+    "http://localhost.example:8000/",
+    "https://example.org:8443/?next=http%3A%2F%2F127.0.0.1%3A8000%2F",
+  ];
+  const result = await send(t, session, openedAsTheyAre);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => opened(session.browserLog).length === openedAsTheyAre.length, 5000, "the opener runs");
+  assert.equal(forwardRequests(session).length, forwarded.length, "no forward for a URL that does not name the remote loopback");
+});
+
+test("a loopback URL on a port below 1024 is refused without asking ssh", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  for (const [url, port] of [["http://localhost/", 80], ["https://127.0.0.1:1023/", 1023]] as const) {
+    const result = await send(t, session, [url]);
+    assert.equal(result.code, 65);
+    assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: loopback URL: its port ${port} is on the remote host, and ports below 1024 are not forwarded`], [url]));
+  }
+  assert.deepEqual(forwardRequests(session), []);
+  assert.deepEqual(opened(session.browserLog), []);
+});
+
+test("--no-forward-loopback: ssh runs without control options, loopback URLs are refused, others open", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t, ["--no-forward-loopback"]);
+  const { args } = JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]);
+  assert.deepEqual(args.slice(0, 7), ["-T", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3", "--", "testhost"]);
+  assert.equal(args.length, 8);
+  const oauth = "https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8124%2Fcb";
+  for (const url of ["http://127.0.0.1:8123/cb", oauth]) {
+    const result = await send(t, session, [url]);
+    assert.equal(result.code, 65);
+    assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: ${NO_FORWARD}`], [url]));
+  }
+  const result = await send(t, session, ["https://example.org/"]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => opened(session.browserLog).length === 1, 5000, "the opener to run");
+  assert.deepEqual(opened(session.browserLog), [[1, "https://example.org/"]]);
+  assert.deepEqual(forwardRequests(session), []);
+});
+
+test("--local: the remote host is this one, so loopback URLs open as they are", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t, [], { local: true });
+  const result = await send(t, session, ["http://127.0.0.1:8123/cb", "http://localhost:3000/"]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => opened(session.browserLog).length === 2, 5000, "the opener runs");
+  assert.deepEqual(opened(session.browserLog).map(([, url]) => url), ["http://127.0.0.1:8123/cb", "http://localhost:3000/"]);
+});
+
+// Over real OpenSSH, across two network namespaces.
+
+type Fetched = { url: string; target: string; status?: number; body?: string; error?: string };
+
+type Forwarding = { sshd: Sshd; session: Session; fetched: () => Fetched[] };
+
+/** sshd in the remote namespace, server.ts with the fetching browser in the desktop's. */
+async function forwardingSession(t: TestContext, extraArgs: string[] = []): Promise<Forwarding | undefined> {
+  const sshd = await startSshd(t, { separateDesktop: true });
+  if (!sshd) return undefined;
+  const fetchedLog = join(sshd.dir, "fetched");
+  const session = await startSession(t, extraArgs, {
+    ssh: sshd.sshWrapper, host: sshd.host, remoteCommand: sshd.remoteCommand, browser: FETCH_BROWSER,
+    serverVia: ["ip", "netns", "exec", sshd.desktopNamespace, process.execPath, "--import", "tsx", join(ROOT, "server.ts")],
+    env: { FETCH_BROWSER_LOG: fetchedLog },
+  });
+  const fetched = () => existsSync(fetchedLog)
+    ? readFileSync(fetchedLog, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line) as Fetched) : [];
+  return { sshd, session, fetched };
+}
+
+/** Starts the token server on 127.0.0.1:port inside a namespace and waits until it listens. */
+async function tokenServer(t: TestContext, namespace: string, port: number, token: string) {
+  const server = start(t, `token server ${namespace}:${port}`, "ip", ["netns", "exec", namespace, process.execPath, TOKEN_SERVER, String(port), token]);
+  await server.stdout.waitFor(/^listening$/, 10_000);
+  return server;
+}
+
+/** Runs send.ts on the remote side: in sshd's namespace, against the session's socket. */
+function sendFromRemote(t: TestContext, forwarding: Forwarding, urls: string[]) {
+  return sendInNamespace(t, forwarding.sshd.namespace, forwarding.session.env, urls);
+}
+
+async function sendInNamespace(t: TestContext, namespace: string, env: Record<string, string>, urls: string[]) {
+  const proc = start(t, "send.ts", "ip", ["netns", "exec", namespace, process.execPath, "--import", "tsx", join(ROOT, "send.ts"), ...urls],
+    { env, stdin: "ignore" });
+  const exit = await waitForExit(proc, 20_000, "send.ts");
+  await waitUntil(() => proc.stdout.ended && proc.stderr.ended, 2000, "send.ts's output to end");
+  return { ...exit, stdout: proc.stdout.text(), stderr: proc.stderr.text() };
+}
+
+/** What the browser gets at 127.0.0.1:port in the desktop's namespace, fetched by the same fixture. */
+async function fetchOnDesktop(t: TestContext, forwarding: Forwarding, port: number): Promise<Fetched> {
+  const log = join(forwarding.sshd.dir, `probe-${port}-${Date.now()}`);
+  const probe = start(t, "probe", "ip", ["netns", "exec", forwarding.sshd.desktopNamespace, process.execPath, FETCH_BROWSER, `http://127.0.0.1:${port}/`],
+    { env: { FETCH_BROWSER_LOG: log }, stdin: "ignore" });
+  await waitForExit(probe, 10_000, "the probe");
+  return JSON.parse(readFileSync(log, "utf8"));
+}
+
+function forwardedLines(session: Session, port: number, what: "forwarded" | "already forwarded"): string[] {
+  return session.server.stderr.seen.filter((line) => line.endsWith(`, port ${port} ${what}`));
+}
+
+test("over real ssh: a loopback callback URL reaches the remote host's server through a forwarded port", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8123, TOKEN);
+  // The two loopbacks are apart: before the forward, the desktop has nothing there.
+  assert.equal((await fetchOnDesktop(t, forwarding, 8123)).error, "ECONNREFUSED");
+
+  const url = "http://127.0.0.1:8123/callback?code=abc";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stderr, "");
+  await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
+  assert.deepEqual(forwarding.fetched(), [{ url, target: url, status: 200, body: TOKEN }]);
+  assert.match(session.server.stderr.text(),
+    /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8123\/callback\?code=abc" with \S+fetch-browser\.mjs \(pid \d+\), port 8123 forwarded$/m);
+});
+
+test("over real ssh: an [::1] URL is forwarded on the desktop's ::1, where the browser connects", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  // On the remote side, sshd reaches "localhost": the server there listens on 127.0.0.1.
+  await tokenServer(t, sshd.namespace, 8130, TOKEN);
+  const url = "http://[::1]:8130/";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
+  assert.deepEqual(forwarding.fetched(), [{ url, target: url, status: 200, body: TOKEN }]);
+  assert.equal(forwardedLines(session, 8130, "forwarded").length, 1);
+});
+
+test("over real ssh: an OAuth authorization URL forwards its redirect_uri's port, and the redirect reaches the remote host", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8124, TOKEN);
+  const url = "https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8124%2Fcb";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
+  assert.deepEqual(forwarding.fetched(), [{ url, target: "http://127.0.0.1:8124/cb", status: 200, body: TOKEN }]);
+  assert.equal(forwardedLines(session, 8124, "forwarded").length, 1);
+});
+
+test("over real ssh: a desktop port held by something else is refused, send.ts exits 65 saying so", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8125, TOKEN);
+  await tokenServer(t, sshd.desktopNamespace, 8125, "the desktop's own server");
+  const url = "http://127.0.0.1:8125/callback?code=abc";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 65);
+  assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: desktop port 8125 is in use`], [url]));
+  assert.match(session.server.stderr.text(), /Z sshd-host: refused "http:\/\/127\.0\.0\.1:8125\/callback\?code=abc": desktop port 8125 is in use$/m);
+  assert.deepEqual(forwarding.fetched(), [], "the browser was run");
+});
+
+test("over real ssh: a second URL to the same port reuses the forward", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8126, TOKEN);
+  const first = await sendFromRemote(t, forwarding, ["http://127.0.0.1:8126/one"]);
+  assert.equal(first.code, 0, first.stderr);
+  const second = await sendFromRemote(t, forwarding, ["http://localhost:8126/two"]);
+  assert.equal(second.code, 0, second.stderr);
+  await waitUntil(() => forwarding.fetched().length === 2, 10_000, "the browser to fetch twice");
+  assert.deepEqual(forwarding.fetched().map(({ body }) => body), [TOKEN, TOKEN]);
+  assert.equal(forwardedLines(session, 8126, "forwarded").length, 1, "one forward made");
+  assert.equal(forwardedLines(session, 8126, "already forwarded").length, 1, "one forward reused");
+});
+
+test("over real ssh: the forward and the control directory are gone once the server has exited", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8127, TOKEN);
+  const controlPath = /ControlPath=(\S+)/.exec(commandOf(session.sshPid))?.[1];
+  assert.ok(controlPath, `no ControlPath in "${commandOf(session.sshPid)}"`);
+  const result = await sendFromRemote(t, forwarding, ["http://127.0.0.1:8127/cb"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal((await fetchOnDesktop(t, forwarding, 8127)).body, TOKEN);
+
+  process.kill(session.server.pid, "SIGTERM");
+  assert.equal((await waitForExit(session.server, 5000, "server")).code, 143);
+  // The forward lives in the ssh master, which the server has told to go.
+  await waitUntil(() => !isAlive(session.sshPid), 5000, "the ssh master to exit");
+  assert.equal((await fetchOnDesktop(t, forwarding, 8127)).error, "ECONNREFUSED");
+  assert.equal(existsSync(dirname(controlPath)), false, "the control directory is left behind");
+});
+
+test("over real ssh: --no-forward-loopback refuses a loopback URL rather than open the desktop's own port", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t, ["--no-forward-loopback"]);
+  if (!forwarding) return;
+  const { sshd } = forwarding;
+  await tokenServer(t, sshd.namespace, 8128, TOKEN);
+  await tokenServer(t, sshd.desktopNamespace, 8128, "the desktop's own server");
+  const url = "http://127.0.0.1:8128/callback?code=abc";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 65);
+  assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: ${NO_FORWARD}`], [url]));
+  assert.deepEqual(forwarding.fetched(), [], "the browser was run");
+});
+
+test("over real ssh: two hosts cannot both forward one desktop port: the second is refused", { timeout: 40_000 }, async (t) => {
+  const sshd = await startSshd(t, { separateDesktop: true });
+  if (!sshd) return;
+  const fetchedLog = join(sshd.dir, "fetched");
+  // The second host's session has URLSERVER_TEST_HOST=2: its client listens on sock2.
+  const remoteCommand = `cd ${ROOT} && URLSERVER_SOCKET=${sshd.dir}/sock$URLSERVER_TEST_HOST exec ${process.execPath} --import tsx client.ts`;
+  const server = start(t, "server.ts", "ip", ["netns", "exec", sshd.desktopNamespace, process.execPath, "--import", "tsx", join(ROOT, "server.ts"),
+    "--ssh", sshd.sshWrapper, "--remote-command", remoteCommand, "--browser", FETCH_BROWSER, "sshd-host", "sshd-host2"],
+    { env: { FETCH_BROWSER_LOG: fetchedLog, TMPDIR: sshd.dir } });
+  for (const host of ["sshd-host", "sshd-host2"]) {
+    const hello = await server.stderr.waitFor(new RegExp(`Z ${host}: connected: client pid \\d+`), 15_000);
+    const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
+    t.after(() => killIfAlive(clientPid));
+  }
+  await tokenServer(t, sshd.namespace, 8129, TOKEN);
+  const url = "http://127.0.0.1:8129/cb";
+  const viaFirst = await sendInNamespace(t, sshd.namespace, { URLSERVER_SOCKET: join(sshd.dir, "sock") }, [url]);
+  assert.equal(viaFirst.code, 0, viaFirst.stderr);
+  const viaSecond = await sendInNamespace(t, sshd.namespace, { URLSERVER_SOCKET: join(sshd.dir, "sock2") }, [url]);
+  assert.equal(viaSecond.code, 65);
+  assert.equal(viaSecond.stderr, notOpened([`send: refused ${JSON.stringify(url)}: desktop port 8129 is in use`], [url]));
+  assert.match(server.stderr.text(), /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8129\/cb" with \S+ \(pid \d+\), port 8129 forwarded$/m);
+  assert.match(server.stderr.text(), /Z sshd-host2: refused "http:\/\/127\.0\.0\.1:8129\/cb": desktop port 8129 is in use$/m);
+});
