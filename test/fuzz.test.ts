@@ -83,10 +83,26 @@ function policyAllows(url: string): boolean {
   return ["http:", "https:"].includes(new URL(url).protocol);
 }
 
+/**
+ * The README's loopback URLs: host localhost, 127.x.y.z or [::1], or an https
+ * URL whose redirect_uri or redirect_url is one. The server forwards their
+ * port first, which the fake ssh cannot do, so here they are always refused.
+ */
+function isLoopbackUrl(url: string, viaRedirect = true): boolean {
+  const parsed = new URL(url);
+  if (!["http:", "https:"].includes(parsed.protocol)) return false;
+  if (parsed.hostname === "localhost" || parsed.hostname === "[::1]" || /^127\.\d+\.\d+\.\d+$/.test(parsed.hostname)) return true;
+  if (!viaRedirect || parsed.protocol !== "https:") return false;
+  return ["redirect_uri", "redirect_url"].some((name) => {
+    const redirect = parsed.searchParams.get(name);
+    return redirect !== null && URL.canParse(redirect) && isLoopbackUrl(redirect, false);
+  });
+}
+
 /** The URL that a line's bytes carry (one CR before the LF dropped), if the policy lets it be opened. */
 function openableUrl(bytes: Buffer): string | undefined {
   const text = decodeStrictly(bytes)?.replace(/\r$/, "");
-  return text !== undefined && policyAllows(text) ? text : undefined;
+  return text !== undefined && policyAllows(text) && !isLoopbackUrl(text) ? text : undefined;
 }
 
 // An expected answer on the socket: exactly this text, or any that matches.
