@@ -257,6 +257,22 @@ export function notOpened(messages: string[], urls: string[]): string {
   return [...messages, ...urls.map((url) => /[\p{Cc}\p{Cf}]/u.test(url) ? JSON.stringify(url) : url)].join("\n");
 }
 
+/** The server exits within boundMs of since; its exit. */
+export async function serverExitsWithin(t: TestContext, session: { server: Proc }, since: number, boundMs: number): Promise<Exit> {
+  const exit = await waitForExit(session.server, boundMs + 2000, "server");
+  assert.ok(exit.at - since < boundMs, `server took ${Math.round(exit.at - since)} ms`);
+  t.diagnostic(`server exited after ${Math.round(exit.at - since)} ms`);
+  return exit;
+}
+
+/** The client is gone within boundMs of since, and has removed its socket. */
+export async function clientExitsWithin(t: TestContext, session: Session, since: number, boundMs: number): Promise<void> {
+  const gone = await waitUntil(() => !isAlive(session.clientPid), boundMs + 2000, "the client to exit");
+  assert.ok(gone - since < boundMs, `client took ${Math.round(gone - since)} ms`);
+  t.diagnostic(`client exited after ${Math.round(gone - since)} ms`);
+  assert.equal(existsSync(session.socket), false, "socket left behind");
+}
+
 /** Runs send.ts against a session's socket. */
 export function send(t: TestContext, session: { env: Record<string, string> }, args: string[], timeoutMs = 15_000) {
   return run(t, "send.ts", args, { env: session.env, timeoutMs });

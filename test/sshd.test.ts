@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { isAlive, opened, send, startSession, waitForExit, waitUntil, notOpened } from "./helpers.ts";
+import { clientExitsWithin, notOpened, opened, send, serverExitsWithin, startSession, waitUntil } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 import { commandOf, parentOf, startSshd } from "./fixtures/sshd.ts";
 
@@ -25,19 +25,7 @@ async function realSession(t: TestContext, extraArgs: string[] = [], options: { 
   return { sshd, session };
 }
 
-async function serverExitsWithin(t: TestContext, session: Session, since: number, boundMs: number) {
-  const exit = await waitForExit(session.server, boundMs + 2000, "server");
-  assert.ok(exit.at - since < boundMs, `server took ${Math.round(exit.at - since)} ms`);
-  t.diagnostic(`server exited after ${Math.round(exit.at - since)} ms`);
-  return exit;
-}
 
-async function clientExitsWithin(t: TestContext, session: Session, since: number, boundMs: number) {
-  const gone = await waitUntil(() => !isAlive(session.clientPid), boundMs + 2000, "the client to exit");
-  assert.ok(gone - since < boundMs, `client took ${Math.round(gone - since)} ms`);
-  t.diagnostic(`client exited after ${Math.round(gone - since)} ms`);
-  assert.equal(existsSync(session.socket), false, "socket left behind");
-}
 
 test("over real ssh: a URL sent with send.ts reaches the browser and send.ts exits 0", { timeout: 30_000 }, async (t) => {
   const real = await realSession(t);
