@@ -546,8 +546,12 @@ function loopbackTarget(url: string): LoopbackTarget | undefined {
 function loopbackAddress(parsed: URL): LoopbackTarget | undefined {
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") return undefined;
   const host = parsed.hostname;
-  const address = host === "localhost" ? "127.0.0.1"
-    : host === "[::1]" ? "[::1]"
+  // Also the names and addresses that lead a browser to its own loopback all
+  // the same: localhost with a final dot, *.localhost, the unspecified
+  // addresses (a connection to them goes to this host) and ::ffff:127.0.0.1.
+  const name = host.replace(/\.$/, "");
+  const address = name === "localhost" || name.endsWith(".localhost") || host === "0.0.0.0" || host === "[::ffff:7f00:1]" ? "127.0.0.1"
+    : host === "[::1]" || host === "[::]" ? "[::1]"
     : /^127(\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}$/.test(host) ? host
     : undefined;
   if (!address) return undefined;

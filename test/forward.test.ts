@@ -52,7 +52,7 @@ test("ssh runs as the master of a control socket in a private 0700 directory, re
 });
 
 test("loopback URLs ask ssh for exactly one forward of their port; other URLs none; the fake ssh's failure is the reason", { timeout: 30_000 }, async (t) => {
-  const session = await startSession(t);
+  const session = await startSession(t, ["--rate", "0"]);
   const controlPath = controlPathOf(JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]).args);
   const forwarded: Array<[string, string]> = [
     ["http://127.0.0.1:8123/callback?code=abc", "127.0.0.1:8123:localhost:8123"],
@@ -62,6 +62,12 @@ test("loopback URLs ask ssh for exactly one forward of their port; other URLs no
     ["http://127.0.0.2:8000/", "127.0.0.2:8000:localhost:8000"],
     ["https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8124%2Fcb", "127.0.0.1:8124:localhost:8124"],
     ["https://auth.example/authorize?redirect_url=http%3A%2F%2Flocalhost%3A9000%2F", "127.0.0.1:9000:localhost:9000"],
+    // Names and addresses that reach the desktop's own loopback all the same.
+    ["http://localhost.:3001/", "127.0.0.1:3001:localhost:3001"],
+    ["http://app.localhost:3002/", "127.0.0.1:3002:localhost:3002"],
+    ["http://0.0.0.0:3003/", "127.0.0.1:3003:localhost:3003"],
+    ["http://[::]:3004/", "[::1]:3004:localhost:3004"],
+    ["http://[::ffff:127.0.0.1]:3005/", "127.0.0.1:3005:localhost:3005"],
   ];
   for (const [url, spec] of forwarded) {
     const port = spec.split(":").at(-1);

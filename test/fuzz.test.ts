@@ -91,7 +91,9 @@ function policyAllows(url: string): boolean {
 function isLoopbackUrl(url: string, viaRedirect = true): boolean {
   const parsed = new URL(url);
   if (!["http:", "https:"].includes(parsed.protocol)) return false;
-  if (parsed.hostname === "localhost" || parsed.hostname === "[::1]" || /^127\.\d+\.\d+\.\d+$/.test(parsed.hostname)) return true;
+  const name = parsed.hostname.replace(/\.$/, "");
+  if (name === "localhost" || name.endsWith(".localhost") || /^127\.\d+\.\d+\.\d+$/.test(name)) return true;
+  if (["0.0.0.0", "[::1]", "[::]", "[::ffff:7f00:1]"].includes(parsed.hostname)) return true;
   if (!viaRedirect || parsed.protocol !== "https:") return false;
   return ["redirect_uri", "redirect_url"].some((name) => {
     const redirect = parsed.searchParams.get(name);
