@@ -90,6 +90,21 @@ test("loopback URLs ask ssh for exactly one forward of their port; other URLs no
   assert.equal(forwardRequests(session).length, forwarded.length, "no forward for a URL that does not name the remote loopback");
 });
 
+test("an ssh master that never answers a forward request: refused after 10 s, the request killed, the host still served", { timeout: 40_000 }, async (t) => {
+  const session = await startSession(t, [], { env: { FAKE_SSH_HANG_CONTROL: "1" } });
+  // The hung request, should the server not be there to kill it.
+  t.after(() => readFileSync(session.sshLog, "utf8").split("\n").filter(Boolean).forEach((line) => killIfAlive(JSON.parse(line).pid)));
+  const url = "http://127.0.0.1:8125/callback";
+  const result = await send(t, session, ["--timeout", "30", url], 40_000);
+  assert.equal(result.code, 65, result.stderr);
+  assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: forwarding desktop port 8125 took longer than 10 s`], [url]));
+  assert.ok(result.ms >= 9900 && result.ms < 15_000, `refused after ${Math.round(result.ms)} ms`);
+  const request = JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[1]);
+  await waitUntil(() => !isAlive(request.pid), 2000, "the hung forward request to be killed");
+  const after = await send(t, session, ["https://example.org/still-served"]);
+  assert.equal(after.code, 0, after.stderr);
+});
+
 test("a loopback URL on a port below 1024 is refused without asking ssh", { timeout: 20_000 }, async (t) => {
   const session = await startSession(t);
   for (const [url, port] of [["http://localhost/", 80], ["https://127.0.0.1:1023/", 1023]] as const) {
