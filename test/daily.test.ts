@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, ROOT, needs, opened, run, send, start, startScript, startSession,
+  CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, ROOT, killIfAlive, needs, opened, run, send, start, startScript, startSession,
   tempDir, waitForExit, waitUntil,
 } from "./helpers.ts";
 
@@ -30,7 +30,7 @@ test("two hosts in one terminal: one lost, the other keeps delivering; the serve
     "alpha", "beta"], { env: { FAKE_BROWSER_LOG: browserLog } });
   const alpha = await connectedPid(server, "alpha");
   const beta = await connectedPid(server, "beta");
-  t.after(() => [alpha, beta].forEach((pid) => { try { process.kill(pid, "SIGKILL"); } catch { /* gone */ } }));
+  t.after(() => [alpha, beta].forEach((pid) => killIfAlive(pid)));
 
   process.kill(alpha, "SIGTERM");
   await server.stderr.waitFor(/ alpha: disconnected: /, 5000);
@@ -53,7 +53,7 @@ test("--reconnect: a lost connection is reconnected, logged, and delivers again"
   await session.server.stderr.waitFor(/testhost: disconnected: /, 5000);
   await session.server.stderr.waitFor(/testhost: reconnecting in 1 s \(attempt 2\)/, 5000);
   const newPid = await connectedPid(session.server, "testhost", 1);
-  t.after(() => { try { process.kill(newPid, "SIGKILL"); } catch { /* gone */ } });
+  t.after(() => killIfAlive(newPid));
   assert.notEqual(newPid, session.clientPid);
   const result = await send(t, session, ["https://example.org/after-reconnect"]);
   assert.equal(result.code, 0, result.stderr);

@@ -87,7 +87,12 @@ test("an opener that keeps running and prints does not hold up the answer nor re
   const pids = join(dir, "pids");
   writeFileSync(lingering, `#!/bin/sh\necho $$ >> ${pids}\necho OPENER-NOISE; echo OPENER-NOISE >&2\nexec sleep 30\n`);
   chmodSync(lingering, 0o755);
-  const openerPids = () => existsSync(pids) ? readFileSync(pids, "utf8").split("\n").filter(Boolean).map(Number) : [];
+  // Remembered as seen: the temporary directory goes before the after hooks that kill.
+  const seen = new Set<number>();
+  const openerPids = () => {
+    if (existsSync(pids)) readFileSync(pids, "utf8").split("\n").filter(Boolean).forEach((pid) => seen.add(Number(pid)));
+    return [...seen];
+  };
   t.after(() => openerPids().forEach((pid) => killIfAlive(pid)));
   const session = await startSession(t, ["--browser", lingering]);
   const first = await send(t, session, ["https://example.org/one"]);

@@ -92,15 +92,17 @@ test("loopback URLs ask ssh for exactly one forward of their port; other URLs no
 
 test("an ssh master that never answers a forward request: refused after 10 s, the request killed, the host still served", { timeout: 40_000 }, async (t) => {
   const session = await startSession(t, [], { env: { FAKE_SSH_HANG_CONTROL: "1" } });
-  // The hung request, should the server not be there to kill it.
-  t.after(() => readFileSync(session.sshLog, "utf8").split("\n").filter(Boolean).forEach((line) => killIfAlive(JSON.parse(line).pid)));
   const url = "http://127.0.0.1:8125/callback";
-  const result = await send(t, session, ["--timeout", "30", url], 40_000);
+  const sending = send(t, session, ["--timeout", "30", url], 40_000);
+  await waitUntil(() => forwardRequests(session).length === 1, 10_000, "the forward request");
+  const request = Number(JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[1]).pid);
+  // Should the server not be there to kill it, the test does.
+  t.after(() => killIfAlive(request));
+  const result = await sending;
   assert.equal(result.code, 65, result.stderr);
   assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: forwarding desktop port 8125 took longer than 10 s`], [url]));
   assert.ok(result.ms >= 9900 && result.ms < 15_000, `refused after ${Math.round(result.ms)} ms`);
-  const request = JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[1]);
-  await waitUntil(() => !isAlive(request.pid), 2000, "the hung forward request to be killed");
+  await waitUntil(() => !isAlive(request), 2000, "the hung forward request to be killed");
   const after = await send(t, session, ["https://example.org/still-served"]);
   assert.equal(after.code, 0, after.stderr);
 });
