@@ -65,7 +65,7 @@ function exitNow(code: number): never {
   }
   process.exit(code);
 }
-for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGTERM", 15]] as const) {
+for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGQUIT", 3], ["SIGTERM", 15]] as const) {
   process.on(signal, () => exitNow(128 + number));
 }
 // Node reports a vanished reader as EPIPE rather than dying of SIGPIPE: end as if it had.

@@ -22,7 +22,7 @@
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, constants, existsSync, mkdtempSync, rmSync } from "node:fs";
+import { accessSync, appendFileSync, constants, existsSync, mkdtempSync, realpathSync, rmSync } from "node:fs";
 import { hostname, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
@@ -89,7 +89,7 @@ function exitNow(code: number): never {
   }
   process.exit(code);
 }
-for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGTERM", 15]] as const) {
+for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGQUIT", 3], ["SIGTERM", 15]] as const) {
   process.on(signal, () => exitNow(128 + number));
 }
 // Node reports a vanished reader as EPIPE rather than dying of SIGPIPE: end as if it had.
@@ -660,4 +660,5 @@ function log(host: string, message: string): void {
   process.stderr.write(`${new Date().toISOString()} ${host}: ${message}\n`);
 }
 
-main(process.argv.slice(2)).then(exitNow, crash);
+// Run as a program; a test may import this file for its pure functions instead.
+if (import.meta.main ?? realpathSync(process.argv[1] ?? ".") === fileURLToPath(import.meta.url)) main(process.argv.slice(2)).then(exitNow, crash);
