@@ -22,10 +22,10 @@
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, constants, existsSync, mkdtempSync, realpathSync, rmSync } from "node:fs";
+import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readdirSync, realpathSync, rmSync } from "node:fs";
+import { connect } from "node:net";
 import { hostname, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { createInterface } from "node:readline";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -108,6 +108,14 @@ const MAX_URL_BYTES = 8192;
 // Room for "open ID " before a longest URL; anything longer is not from a client.
 const MAX_CHANNEL_LINE_BYTES = MAX_URL_BYTES + 64;
 const LINE_HEAD_BYTES = 32;
+// The remote side's stderr is for people: a longer line is shown cut.
+const MAX_REMOTE_LINE_BYTES = 1024;
+// A host's refusals, ignored messages and stderr lines are logged one by one
+// up to this many per window, then only counted, and the count said once.
+const LOG_BUDGET = 20;
+const LOG_WINDOW_MS = 10_000;
+// setTimeout takes at most 2^31-1 ms; an hour is more than any network needs.
+const MAX_KEEPALIVE_SECONDS = 3600;
 // client.ts's first lines pick the runtime; sh runs them whatever the login
 // shell (fish, csh) and whether or not scp kept the executable bit.
 const DEFAULT_REMOTE_COMMAND = "exec sh client.ts";
@@ -162,6 +170,7 @@ async function main(argv: string[]): Promise<number> {
     }
   }
   if (options.forwardLoopback && !options.local) {
+    await removeLeftoverControlDirectories();
     const directory = makeControlDirectory();
     // Pushed first, so run last: after the masters have been told to go.
     cleanups.push(() => rmSync(directory, { recursive: true, force: true }));
@@ -211,7 +220,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     ssh: values.ssh ?? env.URLSERVER_SSH ?? "ssh",
     remoteCommand: values["remote-command"] ?? env.URLSERVER_REMOTE_COMMAND,
     browser: browser ? [browser] : defaultOpener(),
-    keepaliveSeconds: positiveNumber("--keepalive", values.keepalive, false),
+    keepaliveSeconds: keepaliveSeconds(values.keepalive),
     schemes: new Set(["http", "https", ...values["allow-scheme"].map(checkedScheme)]),
     rate: positiveNumber("--rate", values.rate, true),
     burst: Math.max(1, Math.floor(positiveNumber("--burst", values.burst, false))),
@@ -229,6 +238,14 @@ function positiveNumber(option: string, text: string, zeroAllowed: boolean): num
     throw new Error(`${option} needs a ${zeroAllowed ? "non-negative" : "positive"} number, not "${text}"`);
   }
   return value;
+}
+
+function keepaliveSeconds(text: string): number {
+  const seconds = Number(text);
+  if (text.trim() === "" || !(seconds >= 1 && seconds <= MAX_KEEPALIVE_SECONDS)) {
+    throw new Error(`--keepalive needs a number of seconds from 1 to ${MAX_KEEPALIVE_SECONDS}, not "${text}"`);
+  }
+  return seconds;
 }
 
 function checkedScheme(text: string): string {
@@ -272,23 +289,75 @@ function defaultOpener(): string[] {
 // The ssh masters' control sockets give access to the connections, so they
 // live in a directory only this user can enter (mkdtemp makes it 0700). ssh
 // reads a ControlPath as words with %-tokens, and socket paths are short: a
-// temporary directory with spaces or a long name gives way to /tmp.
+// temporary directory with spaces or a long name gives way to /tmp. The name
+// holds this server's pid, so that a later server can tell it is left over.
 function makeControlDirectory(): string {
-  const directory = mkdtempSync(join(tmpdir(), "urlserver-"));
+  const prefix = `urlserver-${process.pid}-`;
+  const directory = mkdtempSync(join(tmpdir(), prefix));
   if (/^[\w./-]+$/.test(directory) && directory.length <= MAX_CONTROL_DIRECTORY_LENGTH) return directory;
   rmSync(directory, { recursive: true, force: true });
-  return mkdtempSync("/tmp/urlserver-");
+  return mkdtempSync(`/tmp/${prefix}`);
 }
+
+// A server killed with SIGKILL cannot remove its control directory. Removed
+// here: this user's own directories whose server is gone and in which no ssh
+// master answers any more (the pid alone could be another pid namespace's).
+async function removeLeftoverControlDirectories(): Promise<void> {
+  const uid = process.getuid?.();
+  if (uid === undefined) return;
+  for (const base of new Set([tmpdir(), "/tmp"])) {
+    let names: string[];
+    try {
+      names = readdirSync(base);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      const pid = /^urlserver-([0-9]+)-[A-Za-z0-9]{6}$/.exec(name)?.[1];
+      if (!pid || Number(pid) === process.pid || processExists(Number(pid))) continue;
+      const directory = join(base, name);
+      const info = lstatSync(directory, { throwIfNoEntry: false });
+      if (!info?.isDirectory() || info.uid !== uid) continue;
+      if (await anySocketAnswers(directory)) continue;
+      rmSync(directory, { recursive: true, force: true });
+    }
+  }
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, as another user's process.
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function anySocketAnswers(directory: string): Promise<boolean> {
+  const sockets = readdirSync(directory).map((name) => join(directory, name))
+    .filter((path) => lstatSync(path, { throwIfNoEntry: false })?.isSocket());
+  return Promise.all(sockets.map((path) => new Promise<boolean>((resolve) => {
+    const probe = connect(path);
+    probe.on("connect", () => { probe.destroy(); resolve(true); });
+    probe.on("error", () => resolve(false));
+  }))).then((answers) => answers.includes(true));
+}
+
+// What a host keeps whatever its connection: its rate limit and its log budget.
+type HostState = { takeToken: () => boolean; budget: LogBudget };
 
 // One host's connection, and with --reconnect its successors: 1 s doubling to
 // 60 s between attempts, back to 1 s after a minute of stable connection.
-// The rate limit is the host's, whatever the connection.
 async function serveHost(host: string, options: Options, live: Set<ChildProcess>): Promise<number> {
-  const takeToken = rateLimiter(options.rate, options.burst);
+  const state = { takeToken: rateLimiter(options.rate, options.burst), budget: logBudget(host, options) };
+  // What was counted but not yet said is said also when the server is stopped.
+  cleanups.push(state.budget.flush);
   let delaySeconds = 1;
   for (let attempt = 2; ; attempt++) {
     const started = Date.now();
-    const ending = await serveConnection(host, options, live, takeToken);
+    const ending = await serveConnection(host, options, live, state);
+    state.budget.flush();
     if (!options.reconnect || ending.final) return ending.code;
     if (Date.now() - started >= 60_000) delaySeconds = 1;
     log(host, `reconnecting in ${delaySeconds} s (attempt ${attempt})`);
@@ -337,7 +406,7 @@ let connections = 0;
 
 // Resolves once the connection has ended, by whichever sign comes first, and
 // has been torn down: timers stopped, ssh (or the local client) told to go.
-function serveConnection(host: string, options: Options, live: Set<ChildProcess>, takeToken: () => boolean): Promise<Ending> {
+function serveConnection(host: string, options: Options, live: Set<ChildProcess>, state: HostState): Promise<Ending> {
   const controlPath = options.controlDirectory ? join(options.controlDirectory, String(++connections)) : undefined;
   const child = startConnection(host, options, controlPath);
   if (typeof child === "string") {
@@ -356,42 +425,71 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       live.delete(child);
       resolve({ code, final });
     };
-    const session = sessionState(host, options, child, end, takeToken, { controlPath, live });
+    const session = sessionState(host, options, writeWithBackpressure(child), end, state, { controlPath, live });
     const what = options.local ? "the client" : "ssh";
     child.on("error", (error) => end(69, `cannot run "${options.local ? "sh" : options.ssh}": ${error.message}`, true));
     child.on("exit", (code, signal) => end(69, `${what} exited with ${signal ?? `status ${code}`}`));
     child.stdout.on("end", () => end(69, "the client's output ended (client or connection gone)"));
     child.stdin.on("error", () => { /* the exit or end above reports it */ });
-    // The remote side's own messages, made safe for the terminal.
-    createInterface({ input: child.stderr, crlfDelay: Infinity }).on("line", (line) => log(host, `remote: ${printable(line)}`));
-
-    readChannelLines(child.stdout, session.onLine);
+    // The remote side's own messages: bounded, budgeted, made safe for the terminal.
+    readLines(child.stderr, MAX_REMOTE_LINE_BYTES, (line, length) => {
+      if (state.budget.allows("remote")) log(host, `remote: ${printable(cut(line, length, MAX_REMOTE_LINE_BYTES))}`);
+    });
+    readLines(child.stdout, MAX_CHANNEL_LINE_BYTES, (line, length) => {
+      if (length > MAX_CHANNEL_LINE_BYTES) session.onLine(line.subarray(0, LINE_HEAD_BYTES).toString(), `a ${length}-byte line is too long`);
+      else decodeLine(line, session.onLine);
+    });
     child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}` +
       ` desktop=${encodeURIComponent(hostname())} version=${VERSION}\n`);
   });
 }
 
-// Splits the channel into lines without ever holding more than one bounded
-// line: of a longer one only the start is kept, enough to answer it.
-function readChannelLines(stream: Readable, onLine: (line: string, problem?: string) => void): void {
+// Answers wait in ssh's stdin while the remote side is not reading them; then
+// the channel is not read either until they drain, so that a host that never
+// reads cannot make this server hold its answers without bound.
+function writeWithBackpressure(child: ChildProcessWithoutNullStreams): (line: string) => void {
+  let waiting = false;
+  return (line) => {
+    if (child.stdin.write(`${line}\n`) || waiting) return;
+    waiting = true;
+    child.stdout.pause();
+    child.stdin.once("drain", () => {
+      waiting = false;
+      child.stdout.resume();
+    });
+  };
+}
+
+// Splits a stream into lines without ever holding more than maxBytes of one:
+// of a longer line only the start is kept, and its whole length is counted.
+// onLine gets the line (or its start) and the line's length in bytes.
+function readLines(stream: Readable, maxBytes: number, onLine: (line: Buffer, length: number) => void): void {
   let buffered: Buffer = Buffer.alloc(0);
   let dropped = 0;
   stream.on("data", (chunk: Buffer) => {
-    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    let start = 0;
     let newline;
-    while ((newline = buffered.indexOf(10)) !== -1) {
-      const line = buffered.subarray(0, newline);
-      buffered = buffered.subarray(newline + 1);
+    while ((newline = chunk.indexOf(10, start)) !== -1) {
+      const piece = chunk.subarray(start, newline);
+      const line = buffered.length ? Buffer.concat([buffered, piece]) : piece;
       const length = dropped + line.length;
+      buffered = Buffer.alloc(0);
       dropped = 0;
-      if (length > MAX_CHANNEL_LINE_BYTES) onLine(line.subarray(0, LINE_HEAD_BYTES).toString(), `a ${length}-byte line is too long`);
-      else decodeLine(line, onLine);
+      start = newline + 1;
+      onLine(line, length);
     }
-    if (buffered.length > MAX_CHANNEL_LINE_BYTES) {
-      dropped += buffered.length - LINE_HEAD_BYTES;
-      buffered = Buffer.from(buffered.subarray(0, LINE_HEAD_BYTES));
-    }
+    // The start of the next line, copied so that the chunk can go.
+    const rest = chunk.subarray(start);
+    const room = Math.max(0, maxBytes - buffered.length);
+    if (rest.length > 0 && room > 0) buffered = Buffer.concat([buffered, rest.subarray(0, room)]);
+    dropped += Math.max(0, rest.length - room);
   });
+}
+
+// The start of a line that may have been longer, saying how much is missing.
+function cut(line: Buffer, length: number, maxBytes: number): string {
+  const shown = line.subarray(0, maxBytes).toString().replace(/\r$/, "");
+  return length > maxBytes ? `${shown}… (${length - maxBytes} more bytes not shown)` : shown;
 }
 
 // ignoreBOM keeps a leading U+FEFF, so such a line is never taken for a message.
@@ -408,11 +506,11 @@ function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => vo
   onLine(text.replace(/\r$/, ""));
 }
 
-function sessionState(host: string, options: Options, child: ChildProcessWithoutNullStreams,
-  end: (code: number, why: string, final?: boolean) => void, takeToken: () => boolean,
+function sessionState(host: string, options: Options, send: (line: string) => void,
+  end: (code: number, why: string, final?: boolean) => void, state: HostState,
   master: { controlPath?: string; live: Set<ChildProcess> }) {
   const { keepaliveSeconds } = options;
-  const send = (line: string) => child.stdin.write(`${line}\n`);
+  const { budget } = state;
   let greeted = false;
   let silenceTimer: ReturnType<typeof setTimeout> | undefined;
   const heard = () => {
@@ -429,7 +527,10 @@ function sessionState(host: string, options: Options, child: ChildProcessWithout
   const onLine = (line: string, problem?: string) => {
     const [verb, id, ...rest] = line.split(" ");
     if (!greeted) {
-      if (verb !== "hello" || problem) return log(host, `remote: ${printable(line)}${problem ? ` (${problem})` : ""}`);
+      if (verb !== "hello" || problem) {
+        if (budget.allows("remote")) log(host, `remote: ${printable(line)}${problem ? ` (${problem})` : ""}`);
+        return;
+      }
       if (id !== PROTOCOL) {
         return end(76, `the client speaks "${printable(id ?? "")}", this server speaks "${PROTOCOL}": copy this client.ts to ${host}`, true);
       }
@@ -444,9 +545,9 @@ function sessionState(host: string, options: Options, child: ChildProcessWithout
     if (verb === "open" && /^[0-9]{1,15}$/.test(id ?? "") && (rest.length > 0 || problem)) {
       const answer = (refusal?: string) => send(refusal === undefined ? `ok ${id}` : `error ${id} ${refusal}`);
       if (!problem) return openRequested(rest.join(" "), answer);
-      log(host, `refused URL ${id}: ${problem}`);
+      if (budget.allows("refused")) log(host, `refused URL ${id}: ${problem}`);
       answer(problem.endsWith("too long") ? `URL longer than ${MAX_URL_BYTES} bytes` : problem);
-    } else if (verb !== "pong" || problem) {
+    } else if ((verb !== "pong" || problem) && budget.allows("ignored")) {
       log(host, `ignoring a message the client should not send: ${printable(line.slice(0, 200))}${problem ? ` (${problem})` : ""}`);
     }
   };
@@ -454,11 +555,7 @@ function sessionState(host: string, options: Options, child: ChildProcessWithout
   // answer() with no reason means opened.
   const openRequested = (url: string, answer: (refusal?: string) => void) => {
     const refusal = refusalReason(url, options.schemes);
-    if (refusal) {
-      log(host, `refused ${printable(JSON.stringify(url.slice(0, 200)))}: ${refusal}`);
-      audit(options, host, url, "refused", refusal);
-      return answer(refusal);
-    }
+    if (refusal) return refuse(url, refusal, answer);
     // Through --local the remote host is this one: its loopback is ours.
     const target = options.local ? undefined : loopbackTarget(url);
     // Never opened against the desktop's own loopback: forwarded, or refused.
@@ -468,11 +565,7 @@ function sessionState(host: string, options: Options, child: ChildProcessWithout
     if (target && !master.controlPath) {
       return refuse(url, "loopback URL: its port is on the remote host, and --no-forward-loopback is set", answer);
     }
-    if (!takeToken()) {
-      log(host, `refused ${JSON.stringify(url)}: rate limited`);
-      audit(options, host, url, "rate limited");
-      return answer("rate limited");
-    }
+    if (!state.takeToken()) return refuse(url, "rate limited", answer, "rate limited");
     if (!target) return openUrl(url, host, options, answer);
     forwardOnce(target).then(({ refusal, reused }) => {
       if (refusal) return refuse(url, refusal, answer);
@@ -480,9 +573,12 @@ function sessionState(host: string, options: Options, child: ChildProcessWithout
     }, crash);
   };
 
-  const refuse = (url: string, refusal: string, answer: (refusal?: string) => void) => {
-    log(host, `refused ${JSON.stringify(url)}: ${refusal}`);
-    audit(options, host, url, "refused", refusal);
+  // Refusals are answered one by one, and logged so up to the host's budget.
+  const refuse = (url: string, refusal: string, answer: (refusal?: string) => void, decision = "refused") => {
+    if (budget.allows("refused")) {
+      log(host, `refused ${quoted(shortened(url))}: ${refusal}`);
+      audit(options, host, url, decision, decision === "refused" ? refusal : undefined);
+    }
     answer(refusal);
   };
 
@@ -618,13 +714,13 @@ function openUrl(url: string, host: string, options: Options, answer: (refusal?:
   const [program, ...args] = options.browser;
   const child = spawn(program, [...args, url], { detached: true, stdio: "ignore" });
   child.on("spawn", () => {
-    log(host, `opened ${JSON.stringify(url)} with ${program} (pid ${child.pid})${forwarded}`);
+    log(host, `opened ${quoted(url)} with ${program} (pid ${child.pid})${forwarded}`);
     audit(options, host, url, "opened");
     if (options.notifier) notify(options.notifier, host, url);
     answer();
   });
   child.on("error", (error) => {
-    log(host, `cannot open ${JSON.stringify(url)}: cannot run "${program}": ${error.message}`);
+    log(host, `cannot open ${quoted(url)}: cannot run "${program}": ${error.message}`);
     audit(options, host, url, "refused", `cannot run the opener "${program}"`);
     answer(`the desktop cannot run its opener "${program}"`);
   });
@@ -643,17 +739,79 @@ function notify(notifier: string[], host: string, url: string): void {
 
 // One JSON line per URL, appended: the file is never truncated or rewritten.
 function audit(options: Options, host: string, url: string, decision: string, reason?: string): void {
+  appendAuditEntry(options, host, { url, decision, ...(reason ? { reason } : {}) });
+}
+
+// Each entry stays one line under any line splitter: JSON.stringify leaves
+// U+0085, U+2028, U+2029, C1 and bidi controls raw, printable() does not.
+function appendAuditEntry(options: Options, host: string, fields: Record<string, unknown>): void {
   if (!options.auditLog) return;
-  const entry = { time: new Date().toISOString(), host, url, decision, ...(reason ? { reason } : {}) };
   try {
-    appendFileSync(options.auditLog, `${JSON.stringify(entry)}\n`);
+    appendFileSync(options.auditLog, `${printable(JSON.stringify({ time: new Date().toISOString(), host, ...fields }))}\n`);
   } catch (error) {
     log(host, `cannot write the --log file "${options.auditLog}": ${(error as Error).message}`);
   }
 }
 
+// Per host, what the remote side can make happen at will (refusals, ignored
+// messages, its stderr lines) is logged one by one up to LOG_BUDGET per window,
+// then counted, and the count said once, on the terminal and in --log, when
+// the window ends. While a flood goes on, a window follows the last at once
+// with nothing to spend: one summary per window, until a window's time passes
+// in quiet. URLs opened never count against it: each is logged.
+type Noisy = "refused" | "ignored" | "remote";
+type LogBudget = { allows: (kind: Noisy) => boolean; flush: () => void };
+const NOISY_NAMES: Record<Noisy, string> = { refused: "refused URLs", ignored: "ignored messages", remote: "remote lines" };
+
+function logBudget(host: string, options: Options): LogBudget {
+  let left = 0;
+  let windowStart = 0;
+  let window: ReturnType<typeof setTimeout> | undefined;
+  let floodEndedAt = -Infinity;
+  const suppressed = new Map<Noisy, number>();
+  const flush = () => {
+    clearTimeout(window);
+    window = undefined;
+    if (suppressed.size === 0) return;
+    floodEndedAt = Date.now();
+    const seconds = Math.ceil((floodEndedAt - windowStart) / 1000);
+    const counts = [...suppressed].map(([kind, count]) => `${count.toLocaleString("en-US")} more ${NOISY_NAMES[kind]}`);
+    log(host, `… and ${counts.join(", ")} in the last ${seconds} s, not logged one by one`);
+    const urls = suppressed.get("refused");
+    if (urls) appendAuditEntry(options, host, { decision: "suppressed", count: urls, seconds });
+    suppressed.clear();
+  };
+  const allows = (kind: Noisy) => {
+    if (!window) {
+      windowStart = Date.now();
+      window = setTimeout(flush, LOG_WINDOW_MS);
+      left = windowStart - floodEndedAt < LOG_WINDOW_MS ? 0 : LOG_BUDGET;
+    }
+    if (left > 0) {
+      left -= 1;
+      return true;
+    }
+    suppressed.set(kind, (suppressed.get(kind) ?? 0) + 1);
+    return false;
+  };
+  return { allows, flush };
+}
+
+// What the remote side sent, safe on a terminal and inside JSON: every
+// control, format, line and paragraph separator character (C0, C1, bidi
+// controls, U+0085, U+2028, U+2029) and lone surrogate becomes \uXXXX.
 function printable(text: string): string {
-  return text.replace(/[\p{Cc}\p{Cf}]/gu, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
+  return text.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu, (character) =>
+    Array.from({ length: character.length }, (_, i) => `\\u${character.charCodeAt(i).toString(16).padStart(4, "0")}`).join(""));
+}
+
+function quoted(text: string): string {
+  return printable(JSON.stringify(text));
+}
+
+// A refused URL is shown by its start: it may be up to 8 KiB of anything.
+function shortened(url: string): string {
+  return url.length > 200 ? `${url.slice(0, 200)}…` : url;
 }
 
 function log(host: string, message: string): void {

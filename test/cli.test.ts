@@ -33,7 +33,10 @@ const usageErrors: Array<["server.ts" | "client.ts" | "send.ts", string[], strin
   ["server.ts", ["--local", "a", "b"], "server: --local serves one HOST: its clients would share one socket"],
   ["send.ts", ["--status", "https://example.org/"], "send: --status takes no URL"],
   ["server.ts", ["--", "-oProxyCommand=touch /tmp/x"], 'server: refusing HOST "-oProxyCommand=touch /tmp/x": it would be read as an ssh option'],
-  ["server.ts", ["--keepalive", "0", "host"], 'server: --keepalive needs a positive number, not "0"'],
+  ["server.ts", ["--keepalive", "0", "host"], 'server: --keepalive needs a number of seconds from 1 to 3600, not "0"'],
+  ["server.ts", ["--keepalive", "0.5", "host"], 'server: --keepalive needs a number of seconds from 1 to 3600, not "0.5"'],
+  // Past 2^31-1 ms a timer fires at once: the connection would be "lost" at start.
+  ["server.ts", ["--keepalive", "1000000", "host"], 'server: --keepalive needs a number of seconds from 1 to 3600, not "1000000"'],
   ["server.ts", ["--rate=-1", "host"], 'server: --rate needs a non-negative number, not "-1"'],
   ["server.ts", ["--allow-scheme", "javascript", "host"], 'server: --allow-scheme: "javascript" can run code or read local files, and is never allowed'],
   ["send.ts", [], "send: missing URL"],

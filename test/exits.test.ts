@@ -3,12 +3,20 @@
 // with real processes (server.ts, the fake ssh relay, client.ts).
 
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { test } from "node:test";
-import { clientExitsWithin, isAlive, killIfAlive, notOpened, send, serverExitsWithin, startSession, waitForExit, waitUntil } from "./helpers.ts";
+import {
+  clientExitsWithin, isAlive, killIfAlive, notOpened, send, serverExitsWithin, startScript, startSession, tempDir, waitForExit, waitUntil,
+} from "./helpers.ts";
 
 // The product's promise for every row but the silent network.
 const PROMPT_MS = 1000;
+
+/** The server's private directories for ssh's control sockets, made under its $TMPDIR (the test's directory). */
+function controlDirectories(dir: string): string[] {
+  return readdirSync(dir).filter((name) => /^urlserver-/.test(name));
+}
 
 
 test("client killed with SIGTERM: server exits non-zero within 1 s saying so; socket removed", { timeout: 20_000 }, async (t) => {
@@ -46,17 +54,49 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
   });
 }
 
-for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]] as const) {
-  test(`server gets ${signal}: server exits ${code} and client exits within 1 s; socket removed`, { timeout: 20_000 }, async (t) => {
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129], ["SIGQUIT", 131]] as const) {
+  test(`server gets ${signal}: server exits ${code} and client exits within 1 s; socket and control directory removed`, { timeout: 20_000 }, async (t) => {
     const session = await startSession(t);
+    assert.equal(controlDirectories(session.dir).length, 1, "no control directory for ssh's master");
     const signalled = performance.now();
     process.kill(session.server.pid, signal);
     const exit = await serverExitsWithin(t, session, signalled, PROMPT_MS);
     assert.equal(exit.code, code);
     await clientExitsWithin(t, session, signalled, PROMPT_MS);
     assert.equal(isAlive(session.sshPid), false, "ssh left running");
+    assert.deepEqual(controlDirectories(session.dir), [], "control directory left behind");
   });
 }
+
+test("client gets SIGQUIT (Ctrl-\\ where it was started by hand): exits 131 at once, removing its socket", { timeout: 20_000 }, async (t) => {
+  const socket = join(tempDir(t), "sock");
+  const client = startScript(t, "client.ts", ["--socket", socket]);
+  await client.stdout.waitFor(/^hello /, 10_000);
+  const signalled = performance.now();
+  process.kill(client.pid, "SIGQUIT");
+  const exit = await waitForExit(client, PROMPT_MS + 2000, "client");
+  assert.ok(exit.at - signalled < PROMPT_MS, `client took ${Math.round(exit.at - signalled)} ms`);
+  assert.equal(exit.code, 131);
+  assert.equal(existsSync(socket), false, "socket left behind");
+});
+
+test("a server killed with SIGKILL leaves its control directory; the next server's start removes it, not a live one", { timeout: 30_000 }, async (t) => {
+  const first = await startSession(t);
+  const [left] = controlDirectories(first.dir);
+  process.kill(first.server.pid, "SIGKILL");
+  await waitForExit(first.server, 5000, "the killed server");
+  await waitUntil(() => !isAlive(first.clientPid), 5000, "the first client to exit");
+  assert.ok(existsSync(join(first.dir, left)), "a SIGKILLed server cannot remove its control directory");
+  const second = await startSession(t, [], { dir: first.dir });
+  const now = controlDirectories(first.dir);
+  assert.equal(now.length, 1, `control directories: ${now.join(", ")}`);
+  assert.notEqual(now[0], left, "the leftover is still there");
+  assert.match(now[0], new RegExp(`^urlserver-${second.server.pid}-`));
+  // A third server, alongside the second, leaves the second's alone.
+  const third = await startSession(t, [], { dir: first.dir, socket: join(first.dir, "sock3") });
+  assert.equal(controlDirectories(first.dir).length, 2);
+  assert.ok(third.server.alive());
+});
 
 test("server killed with SIGKILL: client exits within 1 s on stdin EOF; socket removed", { timeout: 20_000 }, async (t) => {
   const session = await startSession(t);

@@ -212,12 +212,12 @@ export type Session = {
  * and its socket exists.
  */
 export async function startSession(t: TestContext, extraArgs: string[] = [], options: {
-  local?: boolean; dir?: string; ssh?: string; host?: string; remoteCommand?: (socket: string) => string; browser?: string;
+  local?: boolean; dir?: string; socket?: string; ssh?: string; host?: string; remoteCommand?: (socket: string) => string; browser?: string;
   /** How to run server.ts instead of node with tsx, such as ["sh", "server.ts"]; and extra environment. */
   serverVia?: string[]; env?: Record<string, string>;
 } = {}): Promise<Session> {
   const dir = options.dir ?? tempDir(t);
-  const socket = join(dir, "sock");
+  const socket = options.socket ?? join(dir, "sock");
   const browserLog = join(dir, "opened");
   const sshLog = join(dir, "ssh.log");
   // TMPDIR: server.ts's private directory for ssh's control sockets goes with
@@ -239,6 +239,13 @@ export async function startSession(t: TestContext, extraArgs: string[] = [], opt
   return { dir, socket, browserLog, sshLog, server, clientPid, sshPid, env };
 }
 
+/** A process's current and peak resident memory, in MiB, from /proc (Linux). */
+export function memoryOf(pid: number): { rss: number; peak: number } {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)![1]);
+  return { rss: kib("VmRSS") / 1024, peak: kib("VmHWM") / 1024 };
+}
+
 /** The children of pid, from /proc (Linux). */
 export function childrenOf(pid: number): number[] {
   try {
@@ -254,7 +261,16 @@ export function childrenOf(pid: number): number[] {
  * URL on a line of its own to be copied (JSON-quoted if it has control characters).
  */
 export function notOpened(messages: string[], urls: string[]): string {
-  return [...messages, ...urls.map((url) => /[\p{Cc}\p{Cf}]/u.test(url) ? JSON.stringify(url) : url)].join("\n");
+  return [...messages, ...urls.map((url) => /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(url) ? quoted(url) : url)].join("\n");
+}
+
+/**
+ * A string as the scripts print it quoted: JSON, with every control, format,
+ * line or paragraph separator character as \uXXXX (JSON.stringify leaves C1,
+ * bidi controls, U+2028 and U+2029 raw), so nothing raw reaches a terminal.
+ */
+export function quoted(text: string): string {
+  return JSON.stringify(text).replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 /** The server exits within boundMs of since; its exit. */
