@@ -85,7 +85,20 @@ const IDLE_MS = 10_000;
 // Enough for any real burst of senders; a flood of connections costs at most this many.
 const MAX_CONNECTIONS = 64;
 let openConnections = 0;
+// A connection is read only while its answers are few and being read: a
+// sender that writes and never reads cannot make this client hold much.
+const MAX_PENDING_ANSWERS = 16;
+const MAX_UNREAD_ANSWER_BYTES = 64 * 1024;
+// A place is held for at most this long, however the sender paces its lines.
+const MAX_CONNECTION_MS = 60_000;
+// A sender that has all its answers and sends nothing more is done, even if it
+// never half-closes (OpenBSD's nc -U does not): its connection is ended.
+const QUIET_END_MS = 300;
 const DEFAULT_KEEPALIVE_SECONDS = 15;
+const MAX_KEEPALIVE_SECONDS = 3600;
+// sun_path holds 108 bytes on Linux, 104 on the BSDs and macOS, the final NUL
+// included; Node would cut a longer path short and listen somewhere else.
+const MAX_SOCKET_PATH_BYTES = process.platform === "linux" ? 107 : 103;
 
 type Pending = { resolve: (answer: string) => void };
 
@@ -105,8 +118,11 @@ async function main(argv: string[]): Promise<number> {
   } catch (error) {
     return usageError((error as Error).message.split("\n")[0]);
   }
+  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+    return usageError(`socket path "${socketPath}" is ${Buffer.byteLength(socketPath)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}`);
+  }
 
-  const refusal = prepareSocketDirectory(socketPath) ?? (await clearStaleSocket(socketPath));
+  const refusal = prepareSocketDirectory(socketPath) ?? (await takeTurn(socketPath)) ?? (await clearStaleSocket(socketPath));
   if (refusal) {
     process.stderr.write(`${PROGRAM}: ${refusal.message}\n`);
     return refusal.code;
@@ -118,6 +134,12 @@ async function main(argv: string[]): Promise<number> {
     return 69;
   }
   const ours = statSync(socketPath);
+  const reached = await reachesListener(listener, socketPath);
+  endTurn();
+  if (!reached) {
+    process.stderr.write(`${PROGRAM}: cannot listen on "${socketPath}": another client has just started listening there\n`);
+    return 69;
+  }
   cleanups.push(() => removeOwnSocket(socketPath, ours.dev, ours.ino));
 
   return serveUntilServerGone(listener, socketPath);
@@ -157,6 +179,38 @@ function prepareSocketDirectory(socketPath: string): { code: number; message: st
   return undefined;
 }
 
+// Clients starting at the same moment take turns, or two of them could find
+// one stale socket and both replace it, one listening on a path the other
+// has since taken: the turn is a directory beside the socket, made only if
+// absent. One older than LOCK_STALE_MS is a killed client's, and is taken over.
+const LOCK_STALE_MS = 2000;
+let endTurn = () => {};
+
+async function takeTurn(socketPath: string): Promise<{ code: number; message: string } | undefined> {
+  const lock = `${socketPath}.lock`;
+  for (;;) {
+    try {
+      mkdirSync(lock, { mode: 0o700 });
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    const info = lstatSync(lock, { throwIfNoEntry: false });
+    const uid = process.getuid?.();
+    if (info && uid !== undefined && info.uid !== uid) {
+      return { code: 77, message: `refusing to use socket "${socketPath}": "${lock}" is owned by uid ${info.uid}, not ${uid}` };
+    }
+    if (info && Date.now() - info.mtimeMs > LOCK_STALE_MS) rmSync(lock, { recursive: true, force: true });
+    else await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  endTurn = () => {
+    endTurn = () => {};
+    rmSync(lock, { recursive: true, force: true });
+  };
+  cleanups.push(() => endTurn());
+  return undefined;
+}
+
 // A socket nobody answers on was left by a killed client and may be replaced;
 // one that answers belongs to a live client and is never taken over.
 async function clearStaleSocket(socketPath: string): Promise<{ code: number; message: string } | undefined> {
@@ -169,6 +223,10 @@ async function clearStaleSocket(socketPath: string): Promise<{ code: number; mes
   if (!info.isSocket()) {
     return { code: 69, message: `"${socketPath}" exists and is not a socket: not touching it` };
   }
+  const uid = process.getuid?.();
+  if (uid !== undefined && info.uid !== uid) {
+    return { code: 77, message: `refusing to use socket "${socketPath}": it is owned by uid ${info.uid}, not ${uid}` };
+  }
   const answered = await new Promise<boolean>((resolve) => {
     const probe = connect(socketPath);
     probe.on("connect", () => { probe.destroy(); resolve(true); });
@@ -177,19 +235,56 @@ async function clearStaleSocket(socketPath: string): Promise<{ code: number; mes
   if (answered) {
     return { code: 69, message: `another client is already listening on "${socketPath}"` };
   }
-  // Another client starting at the same moment may have removed it already.
   rmSync(socketPath, { force: true });
   return undefined;
 }
 
+// Until the listener is known to be the one at the path, a connection is only
+// looked at for the probe's token (see reachesListener); then it is served.
+let onConnection: (connection: Socket) => void = (connection) => connection.destroy();
+
 // The umask makes the socket owner-only from the moment it exists: no
 // create-then-chmod window in which another user could connect.
 function listenPrivately(socketPath: string): Promise<Server | Error> {
-  const listener = createServer({ allowHalfOpen: true }, serveConnection);
+  const listener = createServer({ allowHalfOpen: true }, (connection) => onConnection(connection));
   const previousUmask = process.umask(0o177);
   return new Promise((resolve) => {
     listener.once("error", (error) => { process.umask(previousUmask); resolve(error); });
     listener.listen(socketPath, () => { process.umask(previousUmask); resolve(listener); });
+  });
+}
+
+// Two clients that find one stale socket at the same moment can both listen,
+// one of them on a path the other has since replaced. A client listens there
+// only if a connection to the path reaches its own listener, carrying a token.
+function reachesListener(listener: Server, socketPath: string): Promise<boolean> {
+  const token = `probe-${process.pid}-${Date.now()}-${Math.random()}`;
+  return new Promise((resolve) => {
+    let settled = false;
+    const done = (reached: boolean) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      probe.destroy();
+      onConnection = reached ? serveConnection : (connection) => connection.destroy();
+      resolve(reached);
+    };
+    onConnection = (connection) => {
+      let received = "";
+      connection.setEncoding("utf8");
+      connection.on("error", () => connection.destroy());
+      connection.on("data", (chunk: string) => {
+        received += chunk;
+        if (received === `${token}\n`) done(true);
+        if (received.length > token.length) connection.destroy();
+      });
+    };
+    const probe = connect(socketPath, () => probe.write(`${token}\n`));
+    // Answered or closed by someone else: the path is not ours.
+    probe.on("data", () => done(false));
+    probe.on("close", () => done(false));
+    probe.on("error", () => done(false));
+    const timer = setTimeout(() => done(false), 5000);
   });
 }
 
@@ -229,8 +324,18 @@ function runtimeName(): string {
   return `node/${process.versions.node}`;
 }
 
+// While the channel to the server is not draining (the server or the network
+// is slow, or stopped), no connection is read: URLs wait with their senders.
+let channelBlocked = false;
+const connectionsToWake = new Set<() => void>();
+
 function sendToServer(line: string): void {
-  process.stdout.write(`${line}\n`);
+  if (process.stdout.write(`${line}\n`) || channelBlocked) return;
+  channelBlocked = true;
+  process.stdout.once("drain", () => {
+    channelBlocked = false;
+    for (const wake of connectionsToWake) wake();
+  });
 }
 
 // Exits when the server has said nothing for three heartbeat intervals. Until
@@ -268,7 +373,7 @@ function handleServerLine(line: string, silence: { setInterval: (seconds: number
     }
     const fields = new URLSearchParams(rest.join("&"));
     const keepalive = Number(fields.get("keepalive"));
-    if (keepalive > 0) silence.setInterval(keepalive);
+    if (keepalive >= 1 && keepalive <= MAX_KEEPALIVE_SECONDS) silence.setInterval(keepalive);
     allowedSchemes = new Set((fields.get("schemes") ?? "").split(",").filter(Boolean));
     desktop = { name: fields.get("desktop") ?? "unknown", since: new Date().toISOString() };
   }
@@ -285,56 +390,101 @@ function serveConnection(connection: Socket): void {
   const answers: Array<{ text?: string }> = [];
   let buffered: Buffer = Buffer.alloc(0);
   let closing: false | "refused" | "finishing" = false;
-  let idleTimer = setTimeout(() => refuseAndClose(`no complete line within ${IDLE_MS / 1000} s`), IDLE_MS);
-
-  const flush = () => {
-    while (answers.length > 0 && answers[0].text !== undefined) {
-      if (!connection.destroyed) connection.write(`${answers.shift()!.text}\n`);
-      else answers.shift();
-    }
-    if (answers.length === 0 && closing === "refused") {
-      closing = "finishing";
-      finishWithout(connection);
-    } else if (answers.length === 0 && connection.readableEnded) connection.end(() => connection.destroy());
+  let linesTaken = 0;
+  let quietTimer: ReturnType<typeof setTimeout> | undefined;
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  const armIdle = () => {
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => {
+      // Lines taken or waiting to be taken: it is the desktop that is slow.
+      if (answers.length > 0 || buffered.includes(10)) return armIdle();
+      refuseAndClose(`no complete line within ${IDLE_MS / 1000} s`);
+    }, IDLE_MS);
   };
+  armIdle();
+  const lifetime = setTimeout(() => refuseAndClose(`connection open longer than ${MAX_CONNECTION_MS / 1000} s`), MAX_CONNECTION_MS);
+
+  const holding = () => channelBlocked || answers.length >= MAX_PENDING_ANSWERS || connection.writableLength > MAX_UNREAD_ANSWER_BYTES;
   // Reserve the next answer's place; the returned function fills it in.
   const answer = () => {
     const slot: { text?: string } = {};
     answers.push(slot);
-    return (final: string) => { slot.text = final; flush(); };
+    return (final: string) => { slot.text = final; progress(); };
   };
   // Stop taking lines at once (the rest of an overlong line is never
   // buffered) and close once the earlier lines have their answers.
   const refuseAndClose = (reason: string) => {
-    clearTimeout(idleTimer);
+    if (closing) return;
     closing = "refused";
-    connection.removeAllListeners("data");
-    connection.on("data", () => { /* discarded */ });
+    buffered = Buffer.alloc(0);
     answer()(`error ${reason}`);
   };
 
-  connection.on("data", (chunk: Buffer) => {
-    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+  // Every event comes here: answers that are ready go out in order, lines are
+  // taken while the sender reads its answers and the channel drains, and what
+  // to wait for next is decided. An answer can be settled while lines are
+  // being taken; that is one more turn of the loop, not a nested call.
+  let running = false;
+  let again = false;
+  const progress = () => {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    do {
+      again = false;
+      step();
+    } while (again);
+    running = false;
+  };
+  const step = () => {
+    while (answers.length > 0 && answers[0].text !== undefined) {
+      const { text } = answers.shift()!;
+      if (!connection.destroyed) connection.write(`${text}\n`);
+    }
     let newline;
-    while ((newline = buffered.indexOf(10)) !== -1) {
+    while (!closing && !holding() && (newline = buffered.indexOf(10)) !== -1) {
       const line = buffered.subarray(0, newline);
       buffered = buffered.subarray(newline + 1);
       if (line.length > MAX_LINE_BYTES + 1) return refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
-      clearTimeout(idleTimer);
-      idleTimer = setTimeout(() => refuseAndClose(`no complete line within ${IDLE_MS / 1000} s`), IDLE_MS);
+      linesTaken += 1;
+      armIdle();
       forward(line, answer());
     }
-    if (buffered.length > MAX_LINE_BYTES + 1) refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
+    if (!closing && !buffered.includes(10)) {
+      if (buffered.length > MAX_LINE_BYTES + 1) return refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
+      // A line without its newline may have been cut short: never open it.
+      if (connection.readableEnded && buffered.length > 0) {
+        buffered = Buffer.alloc(0);
+        return answer()("error incomplete line (no newline before the end of input)");
+      }
+    }
+    if (closing || !holding()) connection.resume();
+    else connection.pause();
+    if (answers.length > 0 || closing === "finishing") return;
+    if (closing === "refused" || connection.readableEnded) return finish();
+    if (buffered.length === 0 && linesTaken > 0 && !quietTimer) quietTimer = setTimeout(finish, QUIET_END_MS);
+  };
+  const finish = () => {
+    closing = "finishing";
+    finishWithout(connection);
+  };
+
+  connectionsToWake.add(progress);
+  connection.on("data", (chunk: Buffer) => {
+    clearTimeout(quietTimer);
+    quietTimer = undefined;
+    if (closing) return; // discarded
+    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    progress();
   });
-  connection.on("end", () => {
-    clearTimeout(idleTimer);
-    // A line without its newline may have been cut short: never open it.
-    if (buffered.length > 0 && !closing) answer()("error incomplete line (no newline before the end of input)");
-    flush();
-  });
+  connection.on("end", progress);
+  connection.on("drain", progress);
   connection.on("error", () => connection.destroy());
   connection.on("close", () => {
-    clearTimeout(idleTimer);
+    for (const timer of [idleTimer, quietTimer, lifetime]) clearTimeout(timer);
+    connectionsToWake.delete(progress);
     openConnections -= 1;
   });
 }

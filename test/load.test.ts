@@ -1,7 +1,8 @@
 // Ensures the client holds up under load: a bounded number of connections
-// (the excess answered "error busy"), flat memory under 1,000 idle
-// connections and a burst of URLs, every URL answered once; and that the
-// server reaps every opener it starts.
+// (the excess answered "error busy"), that no sender holds a place for long
+// (a connection with every line answered is ended soon after, and none lasts
+// more than 60 s), flat memory under 1,000 idle connections and a burst of
+// URLs, every URL answered once; and that the server reaps every opener.
 
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -9,14 +10,7 @@ import { connect } from "node:net";
 import type { Socket } from "node:net";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { childrenOf, send, startSession, waitUntil } from "./helpers.ts";
-
-/** The client's current and peak resident memory, in MiB, from /proc (Linux). */
-function memoryOf(pid: number): { rss: number; peak: number } {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)![1]);
-  return { rss: kib("VmRSS") / 1024, peak: kib("VmHWM") / 1024 };
-}
+import { childrenOf, memoryOf, send, startSession, waitUntil } from "./helpers.ts";
 
 /** Opens a raw connection and collects what comes back; destroyed in t.after. */
 function rawConnection(t: TestContext, socket: string) {
@@ -117,4 +111,51 @@ test("a burst of opens leaves no zombie: the server reaps every opener", { timeo
     }
   });
   assert.deepEqual(zombies, [], "unreaped openers");
+});
+
+test("64 drip-feeding connections (a line, then another every 5 s) do not hold the places: send.ts gets through", { timeout: 30_000 }, async (t) => {
+  const session = await startSession(t);
+  const drips = [];
+  for (let i = 0; i < 64; i++) {
+    const raw = rawConnection(t, session.socket);
+    await raw.connected;
+    raw.connection.write("\n");
+    // Within the 10 s a connection has to complete a line: before, this kept it forever.
+    const timer = setInterval(() => raw.connection.write("\n"), 5000);
+    t.after(() => clearInterval(timer));
+    drips.push(raw);
+  }
+  await waitUntil(() => drips.every((raw) => raw.received().startsWith("error empty line\n")), 5000, "every drip's first answer");
+  const result = await send(t, session, ["https://example.org/between-the-drips"]);
+  assert.equal(result.code, 0, result.stderr);
+  // Each was ended, answered and unharmed, well under a second after its answer.
+  await waitUntil(() => drips.every((raw) => raw.closed()), 3000, "the drip connections to be ended");
+});
+
+test("a connection is ended soon after its last line is answered, without an error, when the sender never half-closes", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  const raw = rawConnection(t, session.socket);
+  await raw.connected;
+  const sent = performance.now();
+  raw.connection.write("https://example.org/no-half-close\n");
+  await waitUntil(raw.closed, 3000, "the connection to be ended");
+  t.diagnostic(`ended ${Math.round(performance.now() - sent)} ms after the line was sent`);
+  assert.equal(raw.received(), "ok\n");
+  assert.ok(performance.now() - sent < 1000, `took ${Math.round(performance.now() - sent)} ms`);
+});
+
+test("a connection that keeps sending lines holds its place for at most 60 s", { timeout: 90_000 }, async (t) => {
+  const session = await startSession(t);
+  const raw = rawConnection(t, session.socket);
+  await raw.connected;
+  const opened = performance.now();
+  // Faster than the quiet end: only the 60 s bound can end it.
+  const timer = setInterval(() => raw.connection.write("\n"), 100);
+  t.after(() => clearInterval(timer));
+  await waitUntil(raw.closed, 70_000, "the connection to be closed");
+  clearInterval(timer);
+  const lasted = performance.now() - opened;
+  t.diagnostic(`closed after ${(lasted / 1000).toFixed(1)} s`);
+  assert.ok(lasted >= 59_000 && lasted < 63_000, `lasted ${Math.round(lasted)} ms`);
+  assert.match(raw.received(), /^(error empty line\n)+error connection open longer than 60 s\n$/);
 });
