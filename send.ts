@@ -21,6 +21,7 @@
 // 65 a URL was refused by the desktop, 69 no server is connected on this host
 // (or it went away), 70 internal error, 75 timed out, 128+N ended by signal N.
 
+import { lstatSync } from "node:fs";
 import { connect } from "node:net";
 import { parseArgs } from "node:util";
 
@@ -112,8 +113,59 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "send.ts --help" for usage.\n`);
     return 64;
   }
-  if (status) return reportStatus(await exchange(socketPath, ["status"], timeoutSeconds));
-  return reportDelivery(urls, await exchange(socketPath, urls, timeoutSeconds));
+  const refusal = socketRefusal(socketPath);
+  if (status) {
+    if (refusal) return report(`no desktop is connected on this host: ${refusal.message}`, refusal.code);
+    return reportStatus(await exchange(socketPath, ["status"], timeoutSeconds));
+  }
+  // One argument is one URL: one that is not is refused here, never sent.
+  const answers = urls.map(notOneUrl);
+  const sent = urls.flatMap((url, i) => answers[i] === undefined ? [i] : []);
+  const outcome: Outcome = refusal ? { answers: [], failure: () => refusal }
+    : sent.length ? await exchange(socketPath, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
+  outcome.answers.forEach((answer, k) => { answers[sent[k]] = answer; });
+  return reportDelivery(urls, answers, outcome.failure?.(quoted(urls[sent[outcome.answers.length]] ?? "")));
+}
+
+function report(message: string, code: number): number {
+  process.stderr.write(`${PROGRAM}: ${message}\n`);
+  return code;
+}
+
+// What sh and the kernel allow: sun_path holds 108 bytes on Linux, 104 on the
+// BSDs and macOS, the final NUL included; Node would cut a longer path short.
+const MAX_SOCKET_PATH_BYTES = process.platform === "linux" ? 107 : 103;
+
+// Another user of this host must not receive our URLs: the socket must be
+// ours, and /tmp/urlserver-UID (which anyone could have made first) must be
+// private to us, as client.ts requires before listening there. A missing
+// socket is left to connect() to report.
+function socketRefusal(socketPath: string): { code: number; message: string } | undefined {
+  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+    return { code: 64, message: `socket path "${socketPath}" is ${Buffer.byteLength(socketPath)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}` };
+  }
+  const uid = process.getuid?.();
+  if (uid === undefined) return undefined;
+  const directory = `/tmp/urlserver-${uid}`;
+  const refuse = (path: string, why: string) => ({ code: 77, message: `refusing to use ${path === directory ? "socket directory" : "socket"} "${path}": ${why}` });
+  if (socketPath.startsWith(`${directory}/`)) {
+    const info = lstatSync(directory, { throwIfNoEntry: false });
+    if (info && !info.isDirectory()) return refuse(directory, "it is not a directory");
+    if (info && info.uid !== uid) return refuse(directory, `it is owned by uid ${info.uid}, not ${uid}`);
+    if (info && (info.mode & 0o077) !== 0) return refuse(directory, `its mode ${(info.mode & 0o777).toString(8)} lets others in`);
+  }
+  const info = lstatSync(socketPath, { throwIfNoEntry: false });
+  if (info && !info.isSocket()) return refuse(socketPath, "it is not a socket");
+  if (info && info.uid !== uid) return refuse(socketPath, `it is owned by uid ${info.uid}, not ${uid}`);
+  return undefined;
+}
+
+// The socket protocol is a URL per line, and the line "status" asks for the
+// status: an argument with a line break would be two URLs.
+function notOneUrl(url: string): string | undefined {
+  if (/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u.test(url)) return "error it contains a line break or another control or format character: not sent";
+  if (url === "status") return "error not a URL (send.ts --status asks whether a desktop is connected)";
+  return undefined;
 }
 
 // The answers received, in order, and what cut the exchange short if anything did.
@@ -168,42 +220,48 @@ function exchange(socketPath: string, lines: string[], timeoutSeconds: number): 
 
 // One line per URL not opened saying why, then each such URL on a line of its
 // own: nothing is lost, the user can still open it by hand.
-function reportDelivery(urls: string[], outcome: Outcome): number {
+// answers[i] is urls[i]'s answer, or undefined if it got none.
+function reportDelivery(urls: string[], answers: Array<string | undefined>, failure?: { code: number; message: string }): number {
   let code = 0;
-  outcome.answers.forEach((answer, i) => {
-    if (answer === "ok") return;
-    process.stderr.write(`${PROGRAM}: refused ${JSON.stringify(urls[i])}: ${answer.replace(/^error ?/, "")}\n`);
-    code = 65;
+  urls.forEach((url, i) => {
+    if (answers[i] !== undefined && answers[i] !== "ok") code = report(`refused ${quoted(url)}: ${printable(answers[i].replace(/^error ?/, ""))}`, 65);
   });
-  if (outcome.failure) {
-    const failure = outcome.failure(JSON.stringify(urls[outcome.answers.length]));
-    process.stderr.write(`${PROGRAM}: ${failure.message}\n`);
-    code = failure.code;
-  }
-  for (const [i, url] of urls.entries()) {
-    if (outcome.answers[i] !== "ok") process.stderr.write(`${copyable(url)}\n`);
-  }
+  if (failure) code = report(failure.message, failure.code);
+  urls.forEach((url, i) => {
+    if (answers[i] !== "ok") process.stderr.write(`${copyable(url)}\n`);
+  });
   return code;
 }
 
 // On a terminal, an OSC 8 hyperlink; a URL with control characters is never
 // written raw, so it cannot drive the terminal.
 function copyable(url: string): string {
-  if (/[\p{Cc}\p{Cf}]/u.test(url)) return JSON.stringify(url);
+  if (printable(url) !== url) return quoted(url);
   return process.stderr.isTTY ? `\x1b]8;;${url}\x1b\\${url}\x1b]8;;\x1b\\` : url;
+}
+
+// Safe on a terminal: every control, format, line and paragraph separator
+// character (C0, C1, bidi controls, U+0085, U+2028) becomes \uXXXX.
+function printable(text: string): string {
+  return text.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Cs}]/gu, (character) =>
+    Array.from({ length: character.length }, (_, i) => `\\u${character.charCodeAt(i).toString(16).padStart(4, "0")}`).join(""));
+}
+
+function quoted(text: string): string {
+  return printable(JSON.stringify(text));
 }
 
 function reportStatus(outcome: Outcome): number {
   const [answer] = outcome.answers;
   if (answer?.startsWith("ok ")) {
     const fields = new URLSearchParams(answer.slice(3).replaceAll(" ", "&"));
-    process.stdout.write(`connected to desktop ${JSON.stringify(fields.get("desktop"))} since ${fields.get("since")}` +
-      ` (client pid ${fields.get("pid")} on ${fields.get("runtime")})\n`);
+    const field = (name: string) => printable(fields.get(name) ?? "?");
+    process.stdout.write(`connected to desktop ${quoted(fields.get("desktop") ?? "?")} since ${field("since")}` +
+      ` (client pid ${field("pid")} on ${field("runtime")})\n`);
     return 0;
   }
-  const why = answer ? answer.replace(/^error ?/, "") : outcome.failure?.("the status").message;
-  process.stderr.write(`${PROGRAM}: no desktop is connected on this host: ${why}\n`);
-  return 69;
+  const why = answer ? printable(answer.replace(/^error ?/, "")) : outcome.failure?.("the status").message;
+  return report(`no desktop is connected on this host: ${why}`, 69);
 }
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, crash);

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  FAKE_BROWSER, Lines, ROOT, killIfAlive, opened, send, startScript, notOpened, startSession, tempDir, waitUntil,
+  FAKE_BROWSER, Lines, ROOT, killIfAlive, opened, quoted, send, startScript, notOpened, startSession, tempDir, waitUntil,
 } from "./helpers.ts";
 import type { Proc, Session } from "./helpers.ts";
 
@@ -50,6 +50,7 @@ async function openedRuns(session: Session, count: number) {
   return opened(session.browserLog);
 }
 
+const NOT_SENT = "it contains a line break or another control or format character: not sent";
 // [what, URL as send.ts gets it, the reason send.ts reports]
 const refused: Array<[string, string, string]> = [
   ["javascript:", "javascript:alert(document.cookie)", 'scheme "javascript" is not allowed'],
@@ -57,10 +58,12 @@ const refused: Array<[string, string, string]> = [
   ["data:", "data:text/html,<script>alert(1)</script>", 'scheme "data" is not allowed'],
   ["an unknown custom scheme", "foo:bar", 'scheme "foo" is not allowed'],
   ["a space", "https://example.org/a b", "URL contains whitespace or control characters"],
-  ["a tab", "https://example.org/a\tb", "URL contains whitespace or control characters"],
-  ["a control character (BEL)", "https://example.org/\u0007", "URL contains whitespace or control characters"],
-  ["an escape sequence", "https://example.org/\u001b[31mred", "URL contains whitespace or control characters"],
-  ["a bidi override (format character)", "https://example.org/\u202egpj.exe", "URL contains whitespace or control characters"],
+  // send.ts refuses these itself, never sending them (one argument is one URL);
+  // the client and the server refuse them too (raw socket and rogue client tests).
+  ["a tab", "https://example.org/a\tb", NOT_SENT],
+  ["a control character (BEL)", "https://example.org/\u0007", NOT_SENT],
+  ["an escape sequence", "https://example.org/\u001b[31mred", NOT_SENT],
+  ["a bidi override (format character)", "https://example.org/\u202egpj.exe", NOT_SENT],
   ["a no-break space", "https://example.org/a\u00a0b", "URL contains whitespace or control characters"],
   ["a URL over 8 KiB", `https://example.org/${"a".repeat(9000)}`, "line longer than 8192 bytes"],
   ["-h after --", "-h", "not a URL"],
@@ -72,7 +75,7 @@ for (const [what, url, reason] of refused) {
     const session = await startSession(t);
     const result = await send(t, session, ["--", url]);
     assert.equal(result.code, 65, result.stderr);
-    assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: ${reason}`], [url]));
+    assert.equal(result.stderr, notOpened([`send: refused ${quoted(url)}: ${reason}`], [url]));
     assert.equal(result.stdout, "");
     assert.deepEqual(opened(session.browserLog), []);
     assert.doesNotMatch(session.server.stderr.text(), / opened "/);
@@ -302,4 +305,22 @@ test("the server outlives the refusals: after bad input it still opens good URLs
   assert.equal(good.code, 0, good.stderr);
   assert.deepEqual(await openedRuns(session, 1), [[1, "https://example.org/after"]]);
   assert.ok(session.server.alive(), session.server.stderr.text());
+});
+
+test("one argument is one URL: one with a line break is refused by send.ts (65), never sent; the others still are", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  const split = "http://a.example/\nhttp://b.example/";
+  const result = await send(t, session, [split, "https://example.org/alongside"]);
+  assert.equal(result.code, 65);
+  assert.equal(result.stderr, notOpened([`send: refused ${quoted(split)}: ${NOT_SENT}`], [split]));
+  assert.deepEqual(await openedRuns(session, 1), [[1, "https://example.org/alongside"]]);
+  assert.doesNotMatch(session.server.stderr.text(), /a\.example|b\.example/, "the client or server saw it");
+});
+
+test("`send.ts status` is refused (65), not taken for the status request", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  const result = await send(t, session, ["status"]);
+  assert.equal(result.code, 65);
+  assert.equal(result.stderr, notOpened(['send: refused "status": not a URL (send.ts --status asks whether a desktop is connected)'], ["status"]));
+  assert.equal(result.stdout, "");
 });
