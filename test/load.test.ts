@@ -115,7 +115,7 @@ test("a burst of opens leaves no zombie: the server reaps every opener", { timeo
 
 test("64 drip-feeding connections (a line, then another every 5 s) do not hold the places: send.ts gets through", { timeout: 30_000 }, async (t) => {
   const session = await startSession(t);
-  const drips = [];
+  const drips: Array<ReturnType<typeof rawConnection>> = [];
   for (let i = 0; i < 64; i++) {
     const raw = rawConnection(t, session.socket);
     await raw.connected;
