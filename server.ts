@@ -24,7 +24,7 @@ import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
 import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readdirSync, realpathSync, rmSync } from "node:fs";
 import { connect } from "node:net";
-import { hostname, release, tmpdir } from "node:os";
+import { hostname, networkInterfaces, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
@@ -123,6 +123,10 @@ const DEFAULT_REMOTE_COMMAND = "exec sh client.ts";
 const MIN_FORWARDED_PORT = 1024;
 // An ssh master that does not answer within this long is not going to.
 const FORWARD_TIMEOUT_MS = 10_000;
+// What one connection may have the desktop listen on, at most.
+const MAX_FORWARDED_PORTS = 32;
+// How far above a busy desktop port a direct loopback URL's new port is looked for.
+const MAX_PORT_MOVE = 32;
 // ssh binds its control socket as PATH plus 17 characters, then renames it;
 // Unix socket paths end at 104 bytes on macOS, 108 on Linux.
 const MAX_CONTROL_DIRECTORY_LENGTH = 80;
@@ -557,19 +561,20 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
     const refusal = refusalReason(url, options.schemes);
     if (refusal) return refuse(url, refusal, answer);
     // Through --local the remote host is this one: its loopback is ours.
-    const target = options.local ? undefined : loopbackTarget(url);
+    const loopback = options.local ? undefined : loopbackTargets(url);
     // Never opened against the desktop's own loopback: forwarded, or refused.
-    if (target && target.port < MIN_FORWARDED_PORT) {
-      return refuse(url, `loopback URL: its port ${target.port} is on the remote host, and ports below ${MIN_FORWARDED_PORT} are not forwarded`, answer);
+    const privileged = loopback && [loopback.direct, ...loopback.redirects].find((target) => target && target.port < MIN_FORWARDED_PORT);
+    if (privileged) {
+      return refuse(url, `loopback URL: its port ${privileged.port} is on the remote host, and ports below ${MIN_FORWARDED_PORT} are not forwarded`, answer);
     }
-    if (target && !master.controlPath) {
+    if (loopback && !forwarder) {
       return refuse(url, "loopback URL: its port is on the remote host, and --no-forward-loopback is set", answer);
     }
     if (!state.takeToken()) return refuse(url, "rate limited", answer, "rate limited");
-    if (!target) return openUrl(url, host, options, answer);
-    forwardOnce(target).then(({ refusal, reused }) => {
-      if (refusal) return refuse(url, refusal, answer);
-      openUrl(url, host, options, answer, `, port ${target.port} ${reused ? "already forwarded" : "forwarded"}`);
+    if (!loopback || !forwarder) return openUrl(url, host, options, answer);
+    forwarder(url, loopback).then((forwarded) => {
+      if ("refusal" in forwarded) return refuse(url, forwarded.refusal, answer);
+      openUrl(forwarded.url, host, options, answer, forwarded.note);
     }, crash);
   };
 
@@ -582,19 +587,8 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
     answer(refusal);
   };
 
-  // One forward per desktop address and port for the life of this connection:
-  // URLs arriving while it is being set up wait for it; a failed one is
-  // forgotten, so that a port freed meanwhile can be forwarded later.
-  const forwards = new Map<string, Promise<string | undefined>>();
-  const forwardOnce = async (target: LoopbackTarget) => {
-    const key = `${target.address}:${target.port}`;
-    const existing = forwards.get(key);
-    const forwarding = existing ?? forwardPort(options.ssh, master.controlPath!, host, target, master.live);
-    if (!existing) forwards.set(key, forwarding);
-    const refusal = await forwarding;
-    if (refusal && forwards.get(key) === forwarding) forwards.delete(key);
-    return { refusal, reused: existing !== undefined };
-  };
+  // This connection's forwards; none under --no-forward-loopback.
+  const forwarder = master.controlPath ? loopbackForwarder(options.ssh, master.controlPath, host, master.live) : undefined;
   return { onLine, stop };
 }
 
@@ -615,57 +609,188 @@ function refusalReason(url: string, schemes: Set<string>): string | undefined {
   return undefined;
 }
 
-// Where on the desktop's loopback a URL will lead the browser, when it is to
-// the remote host's loopback: directly, or as an OAuth authorization request
-// whose provider will redirect the browser to its redirect_uri.
-type LoopbackTarget = { address: string; port: number };
+// Where a URL to the remote host's loopback leads, read from the host and
+// port that the WHATWG parser has made canonical: 127.1, 0x7f.1 and
+// 2130706433 are all 127.0.0.1 by then, [::ffff:127.0.0.2] is [::ffff:7f00:2].
+export type LoopbackTarget = {
+  /** The URL's port: the one on the remote host's loopback. */
+  port: number;
+  /** Where on the desktop the browser will connect: both families for a name. */
+  desktop: string[];
+  /** What the forward connects to on the remote host: the URL's own address, or localhost. */
+  remote: string;
+};
 
-function loopbackTarget(url: string): LoopbackTarget | undefined {
+/** A loopback URL: its own host and port, and the loopback targets of its redirect parameters. */
+export type LoopbackUrl = { direct?: LoopbackTarget; redirects: LoopbackTarget[] };
+
+// Where a provider sends the browser once the user has signed in: OAuth 2.0's
+// redirect_uri (redirect_url with some providers), OAuth 1.0a's oauth_callback.
+const REDIRECT_PARAMETERS = ["redirect_uri", "redirect_url", "oauth_callback"];
+const IPV4_LOOPBACK = /^127(\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}$/;
+// ::ffff:127.x.y.z, as the parser writes it: a connection to it is one to 127.x.y.z.
+const MAPPED_IPV4_LOOPBACK = /^\[::ffff:7f([0-9a-f]{2}):([0-9a-f]{1,4})\]$/;
+
+/** The remote loopback targets a URL leads the browser to, or undefined for a URL that leads to none. */
+export function loopbackTargets(url: string): LoopbackUrl | undefined {
   const parsed = new URL(url);
-  const direct = loopbackAddress(parsed);
-  if (direct) return direct;
-  if (parsed.protocol !== "https:") return undefined;
-  for (const name of ["redirect_uri", "redirect_url"]) {
-    const redirect = parsed.searchParams.get(name);
-    if (redirect && URL.canParse(redirect)) {
-      const target = loopbackAddress(new URL(redirect));
-      if (target) return target;
-    }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") return undefined;
+  const redirects: LoopbackTarget[] = [];
+  for (const value of REDIRECT_PARAMETERS.flatMap((name) => parsed.searchParams.getAll(name))) {
+    const target = URL.canParse(value) ? loopbackTarget(new URL(value)) : undefined;
+    if (target && !redirects.some((known) => JSON.stringify(known) === JSON.stringify(target))) redirects.push(target);
   }
-  return undefined;
+  const direct = loopbackTarget(parsed);
+  if (!direct && redirects.length === 0) return undefined;
+  return direct ? { direct, redirects } : { redirects };
 }
 
 // Only the port and which loopback address are taken from the URL, both
-// checked here (the URL parser has already made addresses canonical): nothing
-// else from the remote side becomes an ssh argument. The desktop listens on
-// the address the browser will connect to; "localhost" is 127.0.0.1.
-function loopbackAddress(parsed: URL): LoopbackTarget | undefined {
+// checked here: nothing else from the remote side becomes an ssh argument.
+function loopbackTarget(parsed: URL): LoopbackTarget | undefined {
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") return undefined;
   const host = parsed.hostname;
-  // Also the names and addresses that lead a browser to its own loopback all
-  // the same: localhost with a final dot, *.localhost, the unspecified
-  // addresses (a connection to them goes to this host) and ::ffff:127.0.0.1.
-  const name = host.replace(/\.$/, "");
-  const address = name === "localhost" || name.endsWith(".localhost") || host === "0.0.0.0" || host === "[::ffff:7f00:1]" ? "127.0.0.1"
-    : host === "[::1]" || host === "[::]" ? "[::1]"
-    : /^127(\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}$/.test(host) ? host
+  const name = host.endsWith(".") ? host.slice(0, -1) : host;
+  const mapped = MAPPED_IPV4_LOOPBACK.exec(host);
+  const ipv4 = mapped ? `127.${Number.parseInt(mapped[1], 16)}.${Number.parseInt(mapped[2], 16) >> 8}.${Number.parseInt(mapped[2], 16) & 255}` : host;
+  // A name is resolved by the browser (Chromium and Firefox answer localhost
+  // and *.localhost themselves) to both families, often ::1 first, and by sshd
+  // on the remote side the same way. The unspecified addresses reach the
+  // loopback of their family, and their program listens on every address.
+  const where = name === "localhost" || name.endsWith(".localhost") ? { desktop: ["127.0.0.1", "[::1]"], remote: "localhost" }
+    : host === "0.0.0.0" || host === "[::ffff:0:0]" ? { desktop: ["127.0.0.1"], remote: "localhost" }
+    : host === "[::]" ? { desktop: ["[::1]"], remote: "localhost" }
+    : host === "[::1]" ? { desktop: ["[::1]"], remote: "[::1]" }
+    : IPV4_LOOPBACK.test(ipv4) ? { desktop: [ipv4], remote: ipv4 }
     : undefined;
-  if (!address) return undefined;
+  if (!where) return undefined;
   const port = parsed.port === "" ? (parsed.protocol === "https:" ? 443 : 80) : Number.parseInt(parsed.port, 10);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) return undefined;
-  return { address, port };
+  if (!Number.isInteger(port) || port < 0 || port > 65535) return undefined;
+  return { port, ...where };
 }
 
-// Asks this connection's ssh master, through its control socket, to listen on
-// the desktop's loopback at the port and carry each connection to the same
-// port on the remote host's loopback: the port must stay the same, OAuth
-// redirect URIs carry it. The forward ends with the master. Resolves to a
-// reason for refusing the URL, or undefined once the forward is in place.
-function forwardPort(ssh: string, controlPath: string, host: string, target: LoopbackTarget,
-  live: Set<ChildProcess>): Promise<string | undefined> {
-  const { address, port } = target;
-  const child = spawn(ssh, ["-S", controlPath, "-O", "forward", "-L", `${address}:${port}:localhost:${port}`, "--", host],
-    { stdio: ["ignore", "ignore", "pipe"] });
+type Forwarded = { url: string; note: string } | { refusal: string };
+
+// The forwards of one connection's ssh master, asked for one URL at a time so
+// that each decision sees the forwards before it; they last as long as the
+// connection. A desktop port taken by something else is a refusal, except for
+// a URL that itself leads to the remote loopback and carries no loopback
+// redirect target (a provider redirects to exactly the registered port): that
+// one is given another desktop port, as are later URLs to the same remote port.
+function loopbackForwarder(ssh: string, controlPath: string, host: string, live: Set<ChildProcess>) {
+  // Desktop "address:port" of each listener of this master, and the remote port it leads to.
+  const listening = new Map<string, number>();
+  // Remote port, and the other desktop port a direct URL to it was given.
+  const moved = new Map<number, number>();
+  let queue: Promise<unknown> = Promise.resolve();
+
+  const ask = (operation: "forward" | "cancel", address: string, desktopPort: number, target: LoopbackTarget) =>
+    askMaster(ssh, controlPath, host, operation, `${address}:${desktopPort}:${target.remote}:${target.port}`, desktopPort, live);
+
+  // A desktop port that leads to the target, already forwarded or forwarded now.
+  const place = async (target: LoopbackTarget, movable: boolean): Promise<{ desktopPort: number; made: boolean } | { refusal: string }> => {
+    const { port } = target;
+    // Without ::1 on the desktop a browser connects to a name over IPv4 only.
+    const addresses = hasIpv6Loopback() ? target.desktop : target.desktop.filter((address) => address !== "[::1]");
+    if (addresses.length === 0) return { refusal: `cannot forward desktop port ${port}: the desktop has no IPv6 loopback` };
+    const last = movable ? Math.min(65535, port + MAX_PORT_MOVE) : port;
+    const candidates = new Set([(movable && moved.get(port)) || port, ...Array.from({ length: last - port }, (_, i) => port + 1 + i)]);
+    for (const desktopPort of candidates) {
+      const at = (address: string) => `${address}:${desktopPort}`;
+      // This master's own listener there, leading to another remote port: in use.
+      if (addresses.some((address) => listening.has(at(address)) && listening.get(at(address)) !== port)) continue;
+      const missing = addresses.filter((address) => !listening.has(at(address)));
+      if (missing.length === 0) return { desktopPort, made: false };
+      const ports = new Set([...listening.keys()].map((key) => key.slice(key.lastIndexOf(":") + 1)));
+      if (!ports.has(String(desktopPort)) && ports.size >= MAX_FORWARDED_PORTS) return { refusal: "too many forwarded ports for this connection" };
+      const made: string[] = [];
+      let answer: MasterAnswer = "done";
+      for (const address of missing) {
+        answer = await ask("forward", address, desktopPort, target);
+        if (answer !== "done") break;
+        listening.set(at(address), port);
+        made.push(address);
+      }
+      if (answer === "done") {
+        if (desktopPort !== port) moved.set(port, desktopPort);
+        return { desktopPort, made: true };
+      }
+      // A port counts as free only if it is free on every address: the half
+      // made is undone, or a browser could reach the desktop's own program.
+      for (const address of made) {
+        if (await ask("cancel", address, desktopPort, target) === "done") listening.delete(at(address));
+      }
+      if (answer !== "in use") return answer;
+    }
+    return { refusal: last > port ? `desktop port ${port} is in use, and so is every desktop port up to ${last}` : `desktop port ${port} is in use` };
+  };
+
+  const forward = async (url: string, { direct, redirects }: LoopbackUrl): Promise<Forwarded> => {
+    const movable = direct !== undefined && redirects.length === 0 && withPort(url, direct.port) !== undefined;
+    let opened = url;
+    const notes: string[] = [];
+    // A redirect back to the URL's own host and port needs no second forward, nor a second word in the log.
+    const targets = direct ? [direct, ...redirects.filter((target) => JSON.stringify(target) !== JSON.stringify(direct))] : redirects;
+    for (const target of targets) {
+      const placed = await place(target, movable);
+      if ("refusal" in placed) return placed;
+      const { desktopPort, made } = placed;
+      if (desktopPort === target.port) {
+        notes.push(`, port ${desktopPort} ${made ? "forwarded" : "already forwarded"}`);
+        continue;
+      }
+      const rewritten = withPort(url, desktopPort);
+      if (!rewritten) return { refusal: `desktop port ${target.port} is in use, and the URL's port cannot be rewritten` };
+      opened = rewritten;
+      notes.push(made ? `, desktop port ${target.port} is in use: forwarded desktop port ${desktopPort} to remote port ${target.port}`
+        : `, desktop port ${desktopPort} already forwarded to remote port ${target.port}`);
+    }
+    return { url: opened, note: notes.join("") };
+  };
+
+  return (url: string, loopback: LoopbackUrl): Promise<Forwarded> => {
+    const forwarded = queue.then(() => forward(url, loopback));
+    queue = forwarded.catch(() => undefined);
+    return forwarded;
+  };
+}
+
+/**
+ * The URL with its port, and nothing else, changed: the port's digits are
+ * replaced in the text as sent, so the rest reaches the opener byte for byte.
+ * Undefined unless the result parses to the same URL with that port.
+ */
+export function withPort(url: string, port: number): string | undefined {
+  // Scheme, slashes, then the authority up to the path, query or fragment
+  // (a backslash ends it too in http and https).
+  const authority = /^[A-Za-z][A-Za-z0-9+.-]*:[/\\]*([^/\\?#]*)/.exec(url);
+  if (!authority) return undefined;
+  const end = authority[0].length;
+  const start = end - authority[1].length;
+  const colon = authority[1].lastIndexOf(":");
+  // The port follows the last colon, after any user info and IPv6 address.
+  if (colon <= authority[1].lastIndexOf("@") || colon < authority[1].lastIndexOf("]")) return undefined;
+  if (!/^[0-9]+$/.test(authority[1].slice(colon + 1))) return undefined;
+  const rewritten = `${url.slice(0, start + colon + 1)}${port}${url.slice(end)}`;
+  const expected = new URL(url);
+  expected.port = String(port);
+  return URL.canParse(rewritten) && new URL(rewritten).href === expected.href ? rewritten : undefined;
+}
+
+// Whether the desktop has ::1, where a browser may connect for a name.
+function hasIpv6Loopback(): boolean {
+  return Object.values(networkInterfaces()).some((entries) => entries?.some((entry) => entry.internal && entry.address === "::1"));
+}
+
+type MasterAnswer = "done" | "in use" | { refusal: string };
+
+// Asks this connection's ssh master, through its control socket, to add or
+// cancel a forward (-L ADDRESS:DESKTOP_PORT:REMOTE_ADDRESS:REMOTE_PORT) from
+// the desktop's loopback to the remote host's. The forward ends with the
+// master. A master that cannot listen there says "Port forwarding failed".
+function askMaster(ssh: string, controlPath: string, host: string, operation: "forward" | "cancel", spec: string,
+  desktopPort: number, live: Set<ChildProcess>): Promise<MasterAnswer> {
+  const child = spawn(ssh, ["-S", controlPath, "-O", operation, "-L", spec, "--", host], { stdio: ["ignore", "ignore", "pipe"] });
   live.add(child);
   let said = "";
   child.stderr.setEncoding("utf8");
@@ -673,20 +798,19 @@ function forwardPort(ssh: string, controlPath: string, host: string, target: Loo
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
-      resolve(`forwarding desktop port ${port} took longer than ${FORWARD_TIMEOUT_MS / 1000} s`);
+      resolve({ refusal: `forwarding desktop port ${desktopPort} took longer than ${FORWARD_TIMEOUT_MS / 1000} s` });
     }, FORWARD_TIMEOUT_MS);
-    const done = (refusal?: string) => {
+    const done = (answer: MasterAnswer) => {
       clearTimeout(timer);
       live.delete(child);
-      resolve(refusal);
+      resolve(answer);
     };
-    child.on("error", (error) => done(`cannot run "${ssh}" to forward desktop port ${port}: ${error.message}`));
+    child.on("error", (error) => done({ refusal: `cannot run "${ssh}" to forward desktop port ${desktopPort}: ${error.message}` }));
     child.on("close", (code, signal) => {
-      if (code === 0) return done();
-      // The master's words when it cannot listen there: someone else does.
-      if (/Port forwarding failed/.test(said)) return done(`desktop port ${port} is in use`);
+      if (code === 0) return done("done");
+      if (/Port forwarding failed/.test(said)) return done("in use");
       const why = printable(said.trim().split("\n").pop() ?? "") || `ssh exited with ${signal ?? `status ${code}`}`;
-      done(`cannot forward desktop port ${port}: ${why}`);
+      done({ refusal: `cannot forward desktop port ${desktopPort}: ${why}` });
     });
   });
 }

@@ -1,27 +1,32 @@
 // Ensures URLs to the remote host's own loopback (a dev server, an OAuth
 // loopback redirect) work on the desktop: server.ts forwards their port
-// through the ssh connection it already owns, then opens them unchanged; a
-// port it cannot forward is a refusal, never the desktop's own loopback.
+// through the ssh connection it already owns, on both address families for a
+// name, then opens them; a direct URL whose desktop port is taken gets another
+// desktop port and is opened with only its port rewritten; a port it cannot
+// forward is a refusal, never the desktop's own loopback.
 // The first tests use the fake ssh (which cannot forward) to pin down which
 // URLs are forwarded, with which ssh arguments; the rest run real OpenSSH
 // with the remote side (sshd, client, send.ts, its HTTP server) and the desktop
 // side (server.ts, its ssh, the browser) in two network namespaces joined by
-// a veth pair, so that the two loopbacks are truly different.
-// The real-OpenSSH tests need root, sshd, ip and iptables: skipped without
-// them, failing in CI.
+// a veth pair, so that the two loopbacks are truly different. One of them has
+// headless Chromium for the browser, so that its own resolution of localhost
+// (::1 first) judges where a URL leads.
+// The real-OpenSSH tests need root, sshd, ip and iptables, and the Chromium
+// test the chromium package: skipped without them, failing in CI.
 
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { ROOT, isAlive, killIfAlive, notOpened, opened, send, start, startSession, waitForExit, waitUntil } from "./helpers.ts";
+import { FAKE_BROWSER, ROOT, isAlive, killIfAlive, needs, notOpened, opened, send, start, startSession, tempDir, waitForExit, waitUntil } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 import { commandOf, startSshd } from "./fixtures/sshd.ts";
 import type { Sshd } from "./fixtures/sshd.ts";
 
 const FETCH_BROWSER = join(ROOT, "test/fixtures/fetch-browser.mjs");
 const TOKEN_SERVER = join(ROOT, "test/fixtures/token-server.mjs");
+const CHROMIUM_BROWSER = join(ROOT, "test/fixtures/chromium-browser.sh");
 const TOKEN = "token-from-the-remote-host";
 const NO_FORWARD = "loopback URL: its port is on the remote host, and --no-forward-loopback is set";
 
@@ -51,23 +56,32 @@ test("ssh runs as the master of a control socket in a private 0700 directory, re
   assert.equal(existsSync(dirname(controlPath)), false, "the control directory is left behind");
 });
 
-test("loopback URLs ask ssh for exactly one forward of their port; other URLs none; the fake ssh's failure is the reason", { timeout: 30_000 }, async (t) => {
+test("loopback URLs ask ssh for a forward of their port, on the address the browser connects to; other URLs none; the fake ssh's failure is the reason", { timeout: 30_000 }, async (t) => {
   const session = await startSession(t, ["--rate", "0"]);
   const controlPath = controlPathOf(JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]).args);
+  // The first forward each URL needs: the fake ssh fails it, and that ends the URL.
   const forwarded: Array<[string, string]> = [
-    ["http://127.0.0.1:8123/callback?code=abc", "127.0.0.1:8123:localhost:8123"],
+    // A literal address: forwarded there, and connected to there on the remote host.
+    ["http://127.0.0.1:8123/callback?code=abc", "127.0.0.1:8123:127.0.0.1:8123"],
+    ["http://[::1]:8080/x", "[::1]:8080:[::1]:8080"],
+    ["https://127.1:8443/", "127.0.0.1:8443:127.0.0.1:8443"],
+    ["http://127.0.0.2:8000/", "127.0.0.2:8000:127.0.0.2:8000"],
+    ["http://[::ffff:127.0.0.1]:3005/", "127.0.0.1:3005:127.0.0.1:3005"],
+    ["http://[::ffff:127.0.0.2]:3006/", "127.0.0.2:3006:127.0.0.2:3006"],
+    // A name: 127.0.0.1 first, then ::1; sshd resolves localhost on the remote host.
     ["http://localhost:3000/", "127.0.0.1:3000:localhost:3000"],
-    ["http://[::1]:8080/x", "[::1]:8080:localhost:8080"],
-    ["https://127.1:8443/", "127.0.0.1:8443:localhost:8443"],
-    ["http://127.0.0.2:8000/", "127.0.0.2:8000:localhost:8000"],
-    ["https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8124%2Fcb", "127.0.0.1:8124:localhost:8124"],
-    ["https://auth.example/authorize?redirect_url=http%3A%2F%2Flocalhost%3A9000%2F", "127.0.0.1:9000:localhost:9000"],
-    // Names and addresses that reach the desktop's own loopback all the same.
     ["http://localhost.:3001/", "127.0.0.1:3001:localhost:3001"],
     ["http://app.localhost:3002/", "127.0.0.1:3002:localhost:3002"],
+    // The unspecified addresses: the desktop loopback of their family.
     ["http://0.0.0.0:3003/", "127.0.0.1:3003:localhost:3003"],
     ["http://[::]:3004/", "[::1]:3004:localhost:3004"],
-    ["http://[::ffff:127.0.0.1]:3005/", "127.0.0.1:3005:localhost:3005"],
+    ["http://[::ffff:0.0.0.0]:3007/", "127.0.0.1:3007:localhost:3007"],
+    // Redirect targets, in https and http authorization URLs, any of their values.
+    ["https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8124%2Fcb", "127.0.0.1:8124:127.0.0.1:8124"],
+    ["https://auth.example/authorize?redirect_url=http%3A%2F%2Flocalhost%3A9000%2F", "127.0.0.1:9000:localhost:9000"],
+    ["http://idp.internal:8080/auth?redirect_uri=http%3A%2F%2Flocalhost%3A9001%2F", "127.0.0.1:9001:localhost:9001"],
+    ["https://auth.example/?redirect_uri=https%3A%2F%2Fexample.org%2F&redirect_uri=http%3A%2F%2F127.0.0.1%3A9002%2F", "127.0.0.1:9002:127.0.0.1:9002"],
+    ["https://api.example/oauth/authorize?oauth_callback=http%3A%2F%2F127.0.0.1%3A9003%2Fcb", "127.0.0.1:9003:127.0.0.1:9003"],
   ];
   for (const [url, spec] of forwarded) {
     const port = spec.split(":").at(-1);
@@ -82,6 +96,9 @@ test("loopback URLs ask ssh for exactly one forward of their port; other URLs no
     "https://example.org/?redirect_uri=https%3A%2F%2Fexample.org%2Fcb",
     "http://127.0.0.1.example.org:8000/",
     "http://localhost.example:8000/",
+    "http://127.example.com:8000/",
+    "http://[::2]:8000/",
+    "http://[::ffff:8000:1]:8000/",
     "https://example.org:8443/?next=http%3A%2F%2F127.0.0.1%3A8000%2F",
   ];
   const result = await send(t, session, openedAsTheyAre);
@@ -150,24 +167,26 @@ type Fetched = { url: string; target: string; status?: number; body?: string; er
 
 type Forwarding = { sshd: Sshd; session: Session; fetched: () => Fetched[] };
 
-/** sshd in the remote namespace, server.ts with the fetching browser in the desktop's. */
-async function forwardingSession(t: TestContext, extraArgs: string[] = []): Promise<Forwarding | undefined> {
+/** sshd in the remote namespace, server.ts with the fetching browser (or another) in the desktop's. */
+async function forwardingSession(t: TestContext, extraArgs: string[] = [],
+  options: { browser?: string; env?: Record<string, string> } = {}): Promise<Forwarding | undefined> {
   const sshd = await startSshd(t, { separateDesktop: true });
   if (!sshd) return undefined;
   const fetchedLog = join(sshd.dir, "fetched");
   const session = await startSession(t, extraArgs, {
-    ssh: sshd.sshWrapper, host: sshd.host, remoteCommand: sshd.remoteCommand, browser: FETCH_BROWSER,
+    ssh: sshd.sshWrapper, host: sshd.host, remoteCommand: sshd.remoteCommand, browser: options.browser ?? FETCH_BROWSER,
     serverVia: ["ip", "netns", "exec", sshd.desktopNamespace, process.execPath, "--import", "tsx", join(ROOT, "server.ts")],
-    env: { FETCH_BROWSER_LOG: fetchedLog },
+    env: { FETCH_BROWSER_LOG: fetchedLog, ...options.env },
   });
   const fetched = () => existsSync(fetchedLog)
     ? readFileSync(fetchedLog, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line) as Fetched) : [];
   return { sshd, session, fetched };
 }
 
-/** Starts the token server on 127.0.0.1:port inside a namespace and waits until it listens. */
-async function tokenServer(t: TestContext, namespace: string, port: number, token: string) {
-  const server = start(t, `token server ${namespace}:${port}`, "ip", ["netns", "exec", namespace, process.execPath, TOKEN_SERVER, String(port), token]);
+/** Starts the token server on address:port (127.0.0.1 unless said) inside a namespace and waits until it listens. */
+async function tokenServer(t: TestContext, namespace: string, port: number, token: string, address = "127.0.0.1") {
+  const server = start(t, `token server ${namespace} ${address}:${port}`, "ip",
+    ["netns", "exec", namespace, process.execPath, TOKEN_SERVER, String(port), token, address]);
   await server.stdout.waitFor(/^listening$/, 10_000);
   return server;
 }
@@ -185,10 +204,10 @@ async function sendInNamespace(t: TestContext, namespace: string, env: Record<st
   return { ...exit, stdout: proc.stdout.text(), stderr: proc.stderr.text() };
 }
 
-/** What the browser gets at 127.0.0.1:port in the desktop's namespace, fetched by the same fixture. */
-async function fetchOnDesktop(t: TestContext, forwarding: Forwarding, port: number): Promise<Fetched> {
-  const log = join(forwarding.sshd.dir, `probe-${port}-${Date.now()}`);
-  const probe = start(t, "probe", "ip", ["netns", "exec", forwarding.sshd.desktopNamespace, process.execPath, FETCH_BROWSER, `http://127.0.0.1:${port}/`],
+/** What the browser gets at address:port (127.0.0.1 unless said) in the desktop's namespace, fetched by the same fixture. */
+async function fetchOnDesktop(t: TestContext, forwarding: Forwarding, port: number, address = "127.0.0.1"): Promise<Fetched> {
+  const log = join(forwarding.sshd.dir, `probe-${port}-${performance.now()}`);
+  const probe = start(t, "probe", "ip", ["netns", "exec", forwarding.sshd.desktopNamespace, process.execPath, FETCH_BROWSER, `http://${address}:${port}/`],
     { env: { FETCH_BROWSER_LOG: log }, stdin: "ignore" });
   await waitForExit(probe, 10_000, "the probe");
   return JSON.parse(readFileSync(log, "utf8"));
@@ -216,18 +235,37 @@ test("over real ssh: a loopback callback URL reaches the remote host's server th
     /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8123\/callback\?code=abc" with \S+fetch-browser\.mjs \(pid \d+\), port 8123 forwarded$/m);
 });
 
-test("over real ssh: an [::1] URL is forwarded on the desktop's ::1, where the browser connects", { timeout: 40_000 }, async (t) => {
+test("over real ssh: an [::1] URL is forwarded from the desktop's ::1, where the browser connects, to the remote host's ::1", { timeout: 40_000 }, async (t) => {
   const forwarding = await forwardingSession(t);
   if (!forwarding) return;
   const { sshd, session } = forwarding;
-  // On the remote side, sshd reaches "localhost": the server there listens on 127.0.0.1.
-  await tokenServer(t, sshd.namespace, 8130, TOKEN);
+  // The program that wrote the URL listens where it says: on ::1 alone.
+  await tokenServer(t, sshd.namespace, 8130, TOKEN, "::1");
   const url = "http://[::1]:8130/";
   const result = await sendFromRemote(t, forwarding, [url]);
   assert.equal(result.code, 0, result.stderr);
   await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
   assert.deepEqual(forwarding.fetched(), [{ url, target: url, status: 200, body: TOKEN }]);
   assert.equal(forwardedLines(session, 8130, "forwarded").length, 1);
+});
+
+test("over real ssh: IPv4-mapped loopback URLs reach the remote host's 127.0.0.1 and, for a program bound to 127.0.0.2 alone, its 127.0.0.2", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd } = forwarding;
+  await tokenServer(t, sshd.namespace, 8141, TOKEN);
+  await tokenServer(t, sshd.namespace, 8142, "token-from-127.0.0.2", "127.0.0.2");
+  const urls = ["http://[::ffff:7f00:1]:8141/", "http://[::ffff:127.0.0.2]:8142/cb", "http://127.0.0.2:8142/direct"];
+  for (const url of urls) {
+    const result = await sendFromRemote(t, forwarding, [url]);
+    assert.equal(result.code, 0, result.stderr);
+  }
+  await waitUntil(() => forwarding.fetched().length === urls.length, 10_000, "the browser to fetch each URL");
+  assert.deepEqual(forwarding.fetched().map(({ target, body, error }) => [target, body ?? error]), [
+    ["http://[::ffff:7f00:1]:8141/", TOKEN],
+    ["http://[::ffff:7f00:2]:8142/cb", "token-from-127.0.0.2"],
+    ["http://127.0.0.2:8142/direct", "token-from-127.0.0.2"],
+  ]);
 });
 
 test("over real ssh: an OAuth authorization URL forwards its redirect_uri's port, and the redirect reaches the remote host", { timeout: 40_000 }, async (t) => {
@@ -243,33 +281,144 @@ test("over real ssh: an OAuth authorization URL forwards its redirect_uri's port
   assert.equal(forwardedLines(session, 8124, "forwarded").length, 1);
 });
 
-test("over real ssh: a desktop port held by something else is refused, send.ts exits 65 saying so", { timeout: 40_000 }, async (t) => {
+test("over real ssh: an http authorization URL, an oauth_callback and every redirect_uri value are forwarded, and the redirects reach the remote host", { timeout: 40_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  for (const port of [8143, 8144, 8145, 8146]) await tokenServer(t, sshd.namespace, port, `${TOKEN}-${port}`);
+  const urls = [
+    // A local identity provider speaks http.
+    "http://idp.internal:8080/auth?client_id=x&redirect_uri=http%3A%2F%2Flocalhost%3A8143%2Fcb",
+    "https://api.example/oauth/authorize?oauth_token=t&oauth_callback=http%3A%2F%2F127.0.0.1%3A8144%2Fcb",
+    "https://auth.example/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A8145%2Fa&redirect_uri=http%3A%2F%2F127.0.0.1%3A8146%2Fb",
+  ];
+  for (const url of urls) {
+    const result = await sendFromRemote(t, forwarding, [url]);
+    assert.equal(result.code, 0, result.stderr);
+  }
+  await waitUntil(() => forwarding.fetched().length === urls.length, 10_000, "the browser to fetch each URL");
+  assert.deepEqual(forwarding.fetched().map(({ target, body, error }) => [target, body ?? error]), [
+    ["http://localhost:8143/cb", `${TOKEN}-8143`],
+    ["http://127.0.0.1:8144/cb", `${TOKEN}-8144`],
+    ["http://127.0.0.1:8145/a", `${TOKEN}-8145`],
+  ]);
+  // The browser follows the first redirect_uri; the second is forwarded all the same.
+  assert.equal((await fetchOnDesktop(t, forwarding, 8146)).body, `${TOKEN}-8146`);
+  assert.match(session.server.stderr.text(), /Z sshd-host: opened "https:\/\/auth\.example\/authorize\?redirect_uri=\S+" with \S+ \(pid \d+\), port 8145 forwarded, port 8146 forwarded$/m);
+});
+
+test("over real ssh: a direct URL whose desktop port is taken opens on another, rewritten in its port alone; an OAuth redirect to that port is refused", { timeout: 40_000 }, async (t) => {
   const forwarding = await forwardingSession(t);
   if (!forwarding) return;
   const { sshd, session } = forwarding;
   await tokenServer(t, sshd.namespace, 8125, TOKEN);
   await tokenServer(t, sshd.desktopNamespace, 8125, "the desktop's own server");
   const url = "http://127.0.0.1:8125/callback?code=abc";
-  const result = await sendFromRemote(t, forwarding, [url]);
-  assert.equal(result.code, 65);
-  assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: desktop port 8125 is in use`], [url]));
-  assert.match(session.server.stderr.text(), /Z sshd-host: refused "http:\/\/127\.0\.0\.1:8125\/callback\?code=abc": desktop port 8125 is in use$/m);
-  assert.deepEqual(forwarding.fetched(), [], "the browser was run");
+  const first = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(first.stderr, "");
+  await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
+  const moved = "http://127.0.0.1:8126/callback?code=abc";
+  assert.deepEqual(forwarding.fetched(), [{ url: moved, target: moved, status: 200, body: TOKEN }]);
+  assert.match(session.server.stderr.text(), new RegExp(`Z sshd-host: opened "${escapeRegExp(moved)}" with \\S+fetch-browser\\.mjs \\(pid \\d+\\), ` +
+    "desktop port 8125 is in use: forwarded desktop port 8126 to remote port 8125$", "m"));
+
+  // Later URLs to the same remote port: the same desktop port.
+  const again = await sendFromRemote(t, forwarding, ["http://127.0.0.1:8125/again"]);
+  assert.equal(again.code, 0, again.stderr);
+  await waitUntil(() => forwarding.fetched().length === 2, 10_000, "the browser to fetch again");
+  assert.deepEqual(forwarding.fetched()[1], { url: "http://127.0.0.1:8126/again", target: "http://127.0.0.1:8126/again", status: 200, body: TOKEN });
+  assert.match(session.server.stderr.text(), /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8126\/again" with \S+ \(pid \d+\), desktop port 8126 already forwarded to remote port 8125$/m);
+
+  // A provider redirects to exactly the registered port: no other will do.
+  const oauth = "https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8125%2Fcb";
+  const refused = await sendFromRemote(t, forwarding, [oauth]);
+  assert.equal(refused.code, 65);
+  assert.equal(refused.stderr, notOpened([`send: refused ${JSON.stringify(oauth)}: desktop port 8125 is in use`], [oauth]));
+  assert.match(session.server.stderr.text(), new RegExp(`Z sshd-host: refused ${escapeRegExp(JSON.stringify(oauth))}: desktop port 8125 is in use$`, "m"));
+  assert.equal(forwarding.fetched().length, 2, "the browser was run for the refused URL");
 });
 
-test("over real ssh: a second URL to the same port reuses the forward", { timeout: 40_000 }, async (t) => {
+test("over real ssh: localhost is forwarded on 127.0.0.1 and ::1; with the desktop's own program on [::1]:P it opens on another port, or is refused", { timeout: 60_000 }, async (t) => {
+  const forwarding = await forwardingSession(t);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8150, TOKEN);
+  await tokenServer(t, sshd.namespace, 8152, TOKEN);
+  await tokenServer(t, sshd.desktopNamespace, 8150, "the desktop's own server", "::1");
+
+  const free = await sendFromRemote(t, forwarding, ["http://localhost:8152/"]);
+  assert.equal(free.code, 0, free.stderr);
+  assert.equal(forwardedLines(session, 8152, "forwarded").length, 1);
+  for (const address of ["127.0.0.1", "[::1]"]) assert.equal((await fetchOnDesktop(t, forwarding, 8152, address)).body, TOKEN, address);
+
+  const url = "http://localhost:8150/?token=abc";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(session.server.stderr.text(), /Z sshd-host: opened "http:\/\/localhost:8151\/\?token=abc" with \S+ \(pid \d+\), desktop port 8150 is in use: forwarded desktop port 8151 to remote port 8150$/m);
+  for (const address of ["127.0.0.1", "[::1]"]) assert.equal((await fetchOnDesktop(t, forwarding, 8151, address)).body, TOKEN, address);
+  // Half a forward is none: 127.0.0.1:8150, free, was given back when ::1 turned out taken.
+  assert.equal((await fetchOnDesktop(t, forwarding, 8150, "127.0.0.1")).error, "ECONNREFUSED");
+  assert.equal((await fetchOnDesktop(t, forwarding, 8150, "[::1]")).body, "the desktop's own server");
+
+  const oauth = "https://auth.example/authorize?redirect_uri=http%3A%2F%2Flocalhost%3A8150%2Fcb";
+  const refused = await sendFromRemote(t, forwarding, [oauth]);
+  assert.equal(refused.code, 65);
+  assert.equal(refused.stderr, notOpened([`send: refused ${JSON.stringify(oauth)}: desktop port 8150 is in use`], [oauth]));
+});
+
+test("over real ssh, with Chromium as the browser: http://localhost:P/ shows the remote host's page, not the desktop's own program on [::1]:P", { timeout: 120_000 }, async (t) => {
+  if (!needs(t, chromiumMissing())) return;
+  const dir = tempDir(t);
+  const domLog = join(dir, "dom");
+  const forwarding = await forwardingSession(t, [], { browser: CHROMIUM_BROWSER, env: { CHROMIUM_DOM_LOG: domLog } });
+  if (!forwarding) return;
+  const { sshd } = forwarding;
+  await tokenServer(t, sshd.namespace, 8160, TOKEN);
+  await tokenServer(t, sshd.desktopNamespace, 8160, "the desktop's own server", "::1");
+  const result = await sendFromRemote(t, forwarding, ["http://localhost:8160/"]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => existsSync(domLog) && readFileSync(domLog, "utf8").endsWith("\n"), 90_000, "Chromium to load the page");
+  const [status, url, dom] = readFileSync(domLog, "utf8").trimEnd().split("\t");
+  t.diagnostic(`Chromium loaded ${url}: ${dom}`);
+  assert.match(dom, new RegExp(`<pre[^>]*>${TOKEN}</pre>`), `Chromium showed ${url}: ${dom}`);
+  assert.equal(url, "http://localhost:8161/");
+  assert.equal(status, "0");
+});
+
+test("over real ssh: a second URL to the same port reuses the forward, whichever loopback form it uses", { timeout: 40_000 }, async (t) => {
   const forwarding = await forwardingSession(t);
   if (!forwarding) return;
   const { sshd, session } = forwarding;
   await tokenServer(t, sshd.namespace, 8126, TOKEN);
-  const first = await sendFromRemote(t, forwarding, ["http://127.0.0.1:8126/one"]);
-  assert.equal(first.code, 0, first.stderr);
-  const second = await sendFromRemote(t, forwarding, ["http://localhost:8126/two"]);
-  assert.equal(second.code, 0, second.stderr);
-  await waitUntil(() => forwarding.fetched().length === 2, 10_000, "the browser to fetch twice");
-  assert.deepEqual(forwarding.fetched().map(({ body }) => body), [TOKEN, TOKEN]);
+  for (const url of ["http://localhost:8126/one", "http://localhost:8126/two", "http://127.0.0.1:8126/three"]) {
+    const result = await sendFromRemote(t, forwarding, [url]);
+    assert.equal(result.code, 0, result.stderr);
+  }
+  await waitUntil(() => forwarding.fetched().length === 3, 10_000, "the browser to fetch three times");
+  assert.deepEqual(forwarding.fetched().map(({ body }) => body), [TOKEN, TOKEN, TOKEN]);
   assert.equal(forwardedLines(session, 8126, "forwarded").length, 1, "one forward made");
-  assert.equal(forwardedLines(session, 8126, "already forwarded").length, 1, "one forward reused");
+  assert.equal(forwardedLines(session, 8126, "already forwarded").length, 2, "the forward reused");
+});
+
+test("over real ssh: at most 32 forwarded ports per connection; the 33rd is refused, and forwarded ports are still reused", { timeout: 90_000 }, async (t) => {
+  const forwarding = await forwardingSession(t, ["--rate", "0"], { browser: FAKE_BROWSER });
+  if (!forwarding) return;
+  const { session } = forwarding;
+  const urls = Array.from({ length: 33 }, (_, i) => `http://127.0.0.1:${9101 + i}/`);
+  const result = await sendFromRemote(t, forwarding, ["--timeout", "60", ...urls]);
+  assert.equal(result.code, 65);
+  assert.equal(result.stderr, notOpened([`send: refused "http://127.0.0.1:9133/": too many forwarded ports for this connection`], ["http://127.0.0.1:9133/"]));
+  await waitUntil(() => opened(session.browserLog).length === 32, 10_000, "the opener to run 32 times");
+  assert.deepEqual(opened(session.browserLog).map(([, url]) => url), urls.slice(0, 32));
+
+  // Another family on a port already counted is no new port; an OAuth redirect to a new one is.
+  const oauth = "https://auth.example/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A9134%2Fcb";
+  const more = await sendFromRemote(t, forwarding, ["http://127.0.0.1:9101/again", "http://localhost:9102/", oauth]);
+  assert.equal(more.code, 65);
+  assert.equal(more.stderr, notOpened([`send: refused ${JSON.stringify(oauth)}: too many forwarded ports for this connection`], [oauth]));
+  assert.equal(forwardedLines(session, 9101, "already forwarded").length, 1);
+  assert.equal(forwardedLines(session, 9102, "forwarded").length, 2);
 });
 
 test("over real ssh: the forward and the control directory are gone once the server has exited", { timeout: 40_000 }, async (t) => {
@@ -304,7 +453,7 @@ test("over real ssh: --no-forward-loopback refuses a loopback URL rather than op
   assert.deepEqual(forwarding.fetched(), [], "the browser was run");
 });
 
-test("over real ssh: two hosts cannot both forward one desktop port: the second is refused", { timeout: 40_000 }, async (t) => {
+test("over real ssh: two hosts cannot both have one desktop port: the second host's direct URL gets another, its OAuth redirect is refused", { timeout: 40_000 }, async (t) => {
   const sshd = await startSshd(t, { separateDesktop: true });
   if (!sshd) return;
   const fetchedLog = join(sshd.dir, "fetched");
@@ -323,8 +472,31 @@ test("over real ssh: two hosts cannot both forward one desktop port: the second 
   const viaFirst = await sendInNamespace(t, sshd.namespace, { URLSERVER_SOCKET: join(sshd.dir, "sock") }, [url]);
   assert.equal(viaFirst.code, 0, viaFirst.stderr);
   const viaSecond = await sendInNamespace(t, sshd.namespace, { URLSERVER_SOCKET: join(sshd.dir, "sock2") }, [url]);
-  assert.equal(viaSecond.code, 65);
-  assert.equal(viaSecond.stderr, notOpened([`send: refused ${JSON.stringify(url)}: desktop port 8129 is in use`], [url]));
+  assert.equal(viaSecond.code, 0, viaSecond.stderr);
+  const oauth = "https://auth.example/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A8129%2Fcb";
+  const oauthViaSecond = await sendInNamespace(t, sshd.namespace, { URLSERVER_SOCKET: join(sshd.dir, "sock2") }, [oauth]);
+  assert.equal(oauthViaSecond.code, 65);
+  assert.equal(oauthViaSecond.stderr, notOpened([`send: refused ${JSON.stringify(oauth)}: desktop port 8129 is in use`], [oauth]));
   assert.match(server.stderr.text(), /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8129\/cb" with \S+ \(pid \d+\), port 8129 forwarded$/m);
-  assert.match(server.stderr.text(), /Z sshd-host2: refused "http:\/\/127\.0\.0\.1:8129\/cb": desktop port 8129 is in use$/m);
+  assert.match(server.stderr.text(),
+    /Z sshd-host2: opened "http:\/\/127\.0\.0\.1:8130\/cb" with \S+ \(pid \d+\), desktop port 8129 is in use: forwarded desktop port 8130 to remote port 8129$/m);
+  assert.match(server.stderr.text(), /Z sshd-host2: refused "https:\/\/auth\.example\/authorize\?redirect_uri=\S+": desktop port 8129 is in use$/m);
 });
+
+/** What the tests lack to run Chromium, or undefined. */
+function chromiumMissing(): string | undefined {
+  const found = (process.env.PATH ?? "").split(":").some((dir) => {
+    try {
+      accessSync(join(dir || ".", "chromium"), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  return found ? undefined : "chromium (Debian: chromium)";
+}
+
+/** text, with the characters that mean something in a regular expression escaped. */
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+}
