@@ -2,16 +2,21 @@
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
 ":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
-":" //; case $(node --version 2>/dev/null) in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"; exec node --disable-warning=ExperimentalWarning "$s" "$@";; esac
-":" //; command -v tsx >/dev/null && exec tsx "$s" "$@"
+":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
+":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
+":" //; case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec node $w "$s" "$@";; esac
+":" //; case $v in v23.*|v22.[6-9].*|v22.1?.*) exec node $w --experimental-strip-types "$s" "$@";; esac
+":" //; [ "$v" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
+":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec node --import "${t%/*}/loader.mjs" "$s" "$@"; done
 ":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
-":" //; echo "client.ts: no runtime found: needs Deno 2, Bun 1, Node 22.18+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; echo "client.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
 // client.ts: the remote end of urlserver. It listens on a private Unix socket
 // for URLs (from send.ts, or anything that writes a line to the socket) and
 // forwards them over stdout, the SSH channel, to server.ts on the desktop.
 //
 // server.ts starts it for you over ssh, as `sh client.ts`: the lines above
-// run it with the first of Deno, Bun, Node 22.18+ or npx tsx found here. Or:
+// run it with the first of Deno, Bun, Node 22.6+, Node with tsx, or npx tsx
+// found here. Or:
 //   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
 //   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \

@@ -2,10 +2,14 @@
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
 ":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
-":" //; case $(node --version 2>/dev/null) in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"; exec node --disable-warning=ExperimentalWarning "$s" "$@";; esac
-":" //; command -v tsx >/dev/null && exec tsx "$s" "$@"
+":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
+":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
+":" //; case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec node $w "$s" "$@";; esac
+":" //; case $v in v23.*|v22.[6-9].*|v22.1?.*) exec node $w --experimental-strip-types "$s" "$@";; esac
+":" //; [ "$v" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
+":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec node --import "${t%/*}/loader.mjs" "$s" "$@"; done
 ":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
-":" //; echo "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.18+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; echo "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
 // send.ts: hands URLs to the urlserver client on this host, to be opened in
 // the browser on the desktop, and waits until the desktop has opened them.
 // Meant to be $BROWSER on the remote host.
