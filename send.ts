@@ -60,6 +60,18 @@ Exit codes: 0 all opened (or, with --status, a desktop is connected), 64 usage,
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
 const VERSION = "0.2.0";
+// --version also names the runtime the first lines picked and how it reads
+// TypeScript: server.ts --install reports this line from each host.
+function versionText(): string {
+  const versions = process.versions as Record<string, string | undefined>;
+  if (versions.deno) return `${PROGRAM}.ts ${VERSION} on deno/${versions.deno}\n`;
+  if (versions.bun) return `${PROGRAM}.ts ${VERSION} on bun/${versions.bun}\n`;
+  const flags = process.execArgv.join(" ");
+  const how = process.env.npm_lifecycle_event === "npx" ? " through npx tsx"
+    : flags.includes("tsx") ? " with tsx"
+    : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
+  return `${PROGRAM}.ts ${VERSION} on node/${versions.node}${how}\n`;
+}
 // Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
 const cleanups: Array<() => void> = [];
 function exitNow(code: number): never {
@@ -101,7 +113,7 @@ async function main(argv: string[]): Promise<number> {
       },
     });
     if (values.help || values.version) {
-      process.stdout.write(values.help ? USAGE : `send.ts ${VERSION}\n`);
+      process.stdout.write(values.help ? USAGE : versionText());
       return 0;
     }
     timeoutSeconds = Number(values.timeout);
