@@ -6,14 +6,15 @@
 // another program at either path; exits 0 only when every host succeeded.
 // ssh logs in as a throwaway user whose home is in the test's directory, so
 // nothing is ever written in the real home of the user running the tests.
-// Needs root, sshd, ip, iptables, useradd: skipped without them, failing in CI.
+// Needs root, sshd, ip, iptables, useradd: skipped without them, failing in
+// CI; except the first two tests, which end before any ssh.
 
 import assert from "node:assert/strict";
-import { appendFileSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { ROOT, run } from "./helpers.ts";
+import { FAKE_SSH, ROOT, run, start, tempDir, waitForExit, waitUntil } from "./helpers.ts";
 import { startSshd } from "./fixtures/sshd.ts";
 import type { Sshd } from "./fixtures/sshd.ts";
 
@@ -43,6 +44,24 @@ function assertInstalled(home: string, uid: number) {
   }
   assert.deepEqual(readdirSync(home).filter((name) => name.includes("urlserver-install")), [], "a temporary file was left");
 }
+
+test("--install with --local is a usage error: there is no remote home", { timeout: 15_000 }, async (t) => {
+  const result = await run(t, "server.ts", ["--install", "--local", "host"]);
+  assert.equal(result.code, 64);
+  assert.equal(result.stderr, 'server: --install works over ssh: --local has no remote home to install into\nRun "server.ts --help" for usage.');
+});
+
+test("--install with no client.ts beside server.ts says so and runs no ssh, exit 69", { timeout: 15_000 }, async (t) => {
+  const dir = tempDir(t);
+  copyFileSync(join(ROOT, "server.ts"), join(dir, "server.ts"));
+  const sshLog = join(dir, "ssh.log");
+  const server = start(t, "server.ts", process.execPath, ["--import", "tsx", join(dir, "server.ts"), "--install", "--ssh", FAKE_SSH, "host"],
+    { env: { FAKE_SSH_LOG: sshLog }, stdin: "ignore" });
+  assert.equal((await waitForExit(server, 10_000, "server.ts --install")).code, 69);
+  await waitUntil(() => server.stderr.ended, 2000, "stderr to end");
+  assert.equal(server.stderr.text(), `server: cannot install: "${dir}/client.ts" not found: --install copies the client.ts and send.ts beside server.ts`);
+  assert.equal(existsSync(sshLog), false, "ssh was run");
+});
 
 const STARTS = /^sshd-host: send\.ts starts in \d+ ms on (node\/\d+\.\d+\.\d+( with tsx| with --experimental-strip-types)?|deno\/\S+|bun\/\S+)$/;
 const BROWSER_LINE = `sshd-host: add to the shell's start-up file there: export BROWSER="$HOME/send.ts"`;
