@@ -46,7 +46,7 @@ Options:
   --socket PATH   the socket to listen on (default: $URLSERVER_SOCKET, else
                   $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   -h, --help      show this help
-  --version       print the version
+  --version       print the version and the runtime running this
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
 

@@ -42,7 +42,7 @@ Options:
   --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
   --status            say whether a desktop is connected on this host, and since when
   -h, --help          show this help
-  --version           print the version
+  --version           print the version and the runtime running this
   --                  end of options: what follows is a URL even if it starts with -
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.

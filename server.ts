@@ -22,8 +22,9 @@
 //   ./server.ts --install HOST                   put client.ts, send.ts on HOST
 //
 // Exit codes: 64 usage, 69 every host's client or connection went away (or
-// --install failed on a HOST), 70 internal error, 73 cannot write the --log file, 76 protocol mismatch,
-// 128+N ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed).
+// --install failed on a HOST), 70 internal error, 73 cannot write the --log
+// file, 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143 TERM,
+// 129 HUP, 141 stderr closed).
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
@@ -73,7 +74,7 @@ Options:
                          (never over a file that is not theirs), then say
                          which runtime send.ts starts with there, and how fast
   -h, --help             show this help
-  --version              print the version
+  --version              print the version and the runtime running this
 
 Environment: URLSERVER_SSH, URLSERVER_REMOTE_COMMAND, URLSERVER_BROWSER as
 above; the remote side uses URLSERVER_SOCKET and XDG_RUNTIME_DIR.
