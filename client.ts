@@ -2,16 +2,21 @@
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
 ":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
-":" //; case $(node --version 2>/dev/null) in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"; exec node --disable-warning=ExperimentalWarning "$s" "$@";; esac
-":" //; command -v tsx >/dev/null && exec tsx "$s" "$@"
+":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
+":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
+":" //; case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec node $w "$s" "$@";; esac
+":" //; case $v in v23.*|v22.[6-9].*|v22.1?.*) exec node $w --experimental-strip-types "$s" "$@";; esac
+":" //; [ "$v" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
+":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec node --import "${t%/*}/loader.mjs" "$s" "$@"; done
 ":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
-":" //; echo "client.ts: no runtime found: needs Deno 2, Bun 1, Node 22.18+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; echo "client.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
 // client.ts: the remote end of urlserver. It listens on a private Unix socket
 // for URLs (from send.ts, or anything that writes a line to the socket) and
 // forwards them over stdout, the SSH channel, to server.ts on the desktop.
 //
 // server.ts starts it for you over ssh, as `sh client.ts`: the lines above
-// run it with the first of Deno, Bun, Node 22.18+ or npx tsx found here. Or:
+// run it with the first of Deno, Bun, Node 22.6+, Node with tsx, or npx tsx
+// found here. Or:
 //   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
 //   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \
@@ -41,7 +46,7 @@ Options:
   --socket PATH   the socket to listen on (default: $URLSERVER_SOCKET, else
                   $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   -h, --help      show this help
-  --version       print the version
+  --version       print the version and the runtime running this
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
 
@@ -57,6 +62,18 @@ mismatch, 77 unsafe socket directory, 128+N ended by signal N (141: stdout close
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
 const VERSION = "0.2.0";
+// The runtime the first lines picked, and how it reads TypeScript: --version
+// says it (server.ts --install reports it from each host), so does the hello.
+function runtimeName(): string {
+  const versions = process.versions as Record<string, string | undefined>;
+  if (versions.deno) return `deno/${versions.deno}`;
+  if (versions.bun) return `bun/${versions.bun}`;
+  const flags = process.execArgv.join(" ");
+  const how = process.env.npm_lifecycle_event === "npx" ? " through npx tsx"
+    : flags.includes("tsx") ? " with tsx"
+    : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
+  return `node/${versions.node}${how}`;
+}
 // Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
 const cleanups: Array<() => void> = [];
 function exitNow(code: number): never {
@@ -111,7 +128,7 @@ async function main(argv: string[]): Promise<number> {
       options: { socket: { type: "string" }, help: { type: "boolean", short: "h" }, version: { type: "boolean" } },
     });
     if (values.help || values.version) {
-      process.stdout.write(values.help ? USAGE : `client.ts ${VERSION}\n`);
+      process.stdout.write(values.help ? USAGE : `${PROGRAM}.ts ${VERSION} on ${runtimeName()}\n`);
       return 0;
     }
     socketPath = resolveSocketPath(values.socket);
@@ -303,7 +320,7 @@ let desktop: { name: string; since: string } | undefined;
 
 function serveUntilServerGone(listener: Server, socketPath: string): Promise<number> {
   listener.on("error", crash);
-  sendToServer(`hello ${PROTOCOL} runtime=${runtimeName()} pid=${process.pid} socket=${encodeURIComponent(socketPath)} version=${VERSION}`);
+  sendToServer(`hello ${PROTOCOL} runtime=${encodeURIComponent(runtimeName())} pid=${process.pid} socket=${encodeURIComponent(socketPath)} version=${VERSION}`);
   return new Promise((resolve) => {
     const silence = silenceWatch(resolve);
     const channel = createInterface({ input: process.stdin, crlfDelay: Infinity });
@@ -315,13 +332,6 @@ function serveUntilServerGone(listener: Server, socketPath: string): Promise<num
     // The server, its ssh or the network is gone: stop claiming we can deliver.
     channel.on("close", () => resolve(0));
   });
-}
-
-function runtimeName(): string {
-  const versions = process.versions as Record<string, string | undefined>;
-  if (versions.deno) return `deno/${versions.deno}`;
-  if (versions.bun) return `bun/${versions.bun}`;
-  return `node/${process.versions.node}`;
 }
 
 // While the channel to the server is not draining (the server or the network

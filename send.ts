@@ -2,10 +2,14 @@
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
 ":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
-":" //; case $(node --version 2>/dev/null) in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"; exec node --disable-warning=ExperimentalWarning "$s" "$@";; esac
-":" //; command -v tsx >/dev/null && exec tsx "$s" "$@"
+":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
+":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
+":" //; case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec node $w "$s" "$@";; esac
+":" //; case $v in v23.*|v22.[6-9].*|v22.1?.*) exec node $w --experimental-strip-types "$s" "$@";; esac
+":" //; [ "$v" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
+":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec node --import "${t%/*}/loader.mjs" "$s" "$@"; done
 ":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
-":" //; echo "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.18+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; echo "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
 // send.ts: hands URLs to the urlserver client on this host, to be opened in
 // the browser on the desktop, and waits until the desktop has opened them.
 // Meant to be $BROWSER on the remote host.
@@ -39,7 +43,7 @@ Options:
   --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
   --status            say whether a desktop is connected on this host, and since when
   -h, --help          show this help
-  --version           print the version
+  --version           print the version and the runtime running this
   --                  end of options: what follows is a URL even if it starts with -
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
@@ -57,6 +61,18 @@ Exit codes: 0 all opened (or, with --status, a desktop is connected), 64 usage,
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
 const VERSION = "0.2.0";
+// The runtime the first lines picked, and how it reads TypeScript: --version
+// says it (server.ts --install reports it from each host), so does the hello.
+function runtimeName(): string {
+  const versions = process.versions as Record<string, string | undefined>;
+  if (versions.deno) return `deno/${versions.deno}`;
+  if (versions.bun) return `bun/${versions.bun}`;
+  const flags = process.execArgv.join(" ");
+  const how = process.env.npm_lifecycle_event === "npx" ? " through npx tsx"
+    : flags.includes("tsx") ? " with tsx"
+    : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
+  return `node/${versions.node}${how}`;
+}
 // Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
 const cleanups: Array<() => void> = [];
 function exitNow(code: number): never {
@@ -98,7 +114,7 @@ async function main(argv: string[]): Promise<number> {
       },
     });
     if (values.help || values.version) {
-      process.stdout.write(values.help ? USAGE : `send.ts ${VERSION}\n`);
+      process.stdout.write(values.help ? USAGE : `${PROGRAM}.ts ${VERSION} on ${runtimeName()}\n`);
       return 0;
     }
     timeoutSeconds = Number(values.timeout);

