@@ -155,6 +155,20 @@ const MAX_PORT_MOVE = 32;
 // ssh binds its control socket as PATH plus 17 characters, then renames it;
 // Unix socket paths end at 104 bytes on macOS, 108 on Linux.
 const MAX_CONTROL_DIRECTORY_LENGTH = 80;
+// The server's own bound on an attempt that has not said hello, for what ssh
+// does not bound: authentication (a password being typed, a Kerberos lookup
+// that hangs) and the remote start (npx fetching tsx over a slow link). As
+// long as sshd's own LoginGraceTime: a start that takes longer is not going
+// to finish.
+const HELLO_TIMEOUT_SECONDS = 120;
+// Before the hello, the remote side's lines (ssh's errors, a login banner)
+// are held, the last few, to be shown once the hello comes or folded into one
+// line if it never does; a hello this late has them shown as they come.
+const MAX_HELD_LINES = 10;
+const SHOW_HELD_AFTER_MS = 5000;
+// How long the end of an attempt waits for the last word of ssh, whose
+// stderr a process it started may hold open.
+const LAST_WORD_MS = 1000;
 
 type Options = {
   hosts: string[];
@@ -175,8 +189,9 @@ type Options = {
   controlDirectory?: string;
 };
 
-// How a connection ended: the exit code, and whether trying again could help.
-type Ending = { code: number; final: boolean };
+// How a connection ended: the exit code, whether trying again could help, and
+// for one that ended before the client's hello, why, not yet logged.
+type Ending = { code: number; final: boolean; failure?: Failure };
 
 async function main(argv: string[]): Promise<number> {
   let options: Options;
@@ -541,14 +556,21 @@ async function serveHost(host: string, options: Options, live: Set<ChildProcess>
   let delaySeconds = 1;
   for (let attempt = 2; ; attempt++) {
     const started = Date.now();
-    const ending = await serveConnection(host, options, live, state);
+    const ending = await serveConnection(host, options, live, state, () => {});
     state.budget.flush();
+    if (ending.failure) reportFailure(host, state.budget, ending.failure);
     if (!options.reconnect || ending.final) return ending.code;
     if (Date.now() - started >= 60_000) delaySeconds = 1;
     log(host, `reconnecting in ${delaySeconds} s (attempt ${attempt})`);
     await new Promise((resolve) => setTimeout(resolve, delaySeconds * 1000));
     delaySeconds = Math.min(60, delaySeconds * 2);
   }
+}
+
+// A failure's line, after the remote side's own lines that came before it.
+function reportFailure(host: string, budget: LogBudget, failure: Failure): void {
+  for (const line of failure.earlier) if (budget.allows("remote")) log(host, `remote: ${line}`);
+  log(host, failure.message);
 }
 
 // The child whose stdin and stdout are the channel: ssh, or the client itself.
@@ -591,35 +613,45 @@ let connections = 0;
 
 // Resolves once the connection has ended, by whichever sign comes first, and
 // has been torn down: timers stopped, ssh (or the local client) told to go.
-function serveConnection(host: string, options: Options, live: Set<ChildProcess>, state: HostState): Promise<Ending> {
+// An ending after the client's hello is a lost connection, logged here; one
+// before it is a failure to connect, which the caller logs (or not).
+function serveConnection(host: string, options: Options, live: Set<ChildProcess>, state: HostState,
+  onHello: () => void): Promise<Ending> {
   const controlPath = options.controlDirectory ? join(options.controlDirectory, String(++connections)) : undefined;
   const child = startConnection(host, options, controlPath);
-  if (typeof child === "string") {
-    log(host, `disconnected: ${child}`);
-    return Promise.resolve({ code: 69, final: true });
-  }
+  if (typeof child === "string") return Promise.resolve({ code: 69, final: true, failure: failureOf(child) });
   live.add(child);
   return new Promise((resolve) => {
     let ended = false;
-    const end = (code: number, why: string, final = false) => {
+    const finish = (ending: Ending, why?: string) => {
       if (ended) return;
       ended = true;
-      log(host, `disconnected: ${why}`);
+      if (why) log(host, `disconnected: ${why}`);
       session.stop();
+      beforeHello.stop();
       child.kill("SIGTERM");
       live.delete(child);
-      resolve({ code, final });
+      resolve(ending);
     };
-    const session = sessionState(host, options, writeWithBackpressure(child), end, state, { controlPath, live });
+    const end = (code: number, why: string, final = false) => finish({ code, final }, why);
+    const beforeHello = helloWait(host, options, state.budget, (failure, final) => finish({ code: 69, final, failure }), onHello);
+    const session = sessionState(host, options, writeWithBackpressure(child), end, state, { controlPath, live }, beforeHello);
     const what = options.local ? "the client" : "ssh";
-    child.on("error", (error) => end(69, `cannot run "${options.local ? "sh" : options.ssh}": ${error.message}`, true));
-    child.on("exit", (code, signal) => end(69, `${what} exited with ${signal ?? `status ${code}`}`));
-    child.stdout.on("end", () => end(69, "the client's output ended (client or connection gone)"));
+    child.on("error", (error) => {
+      const why = `cannot run "${options.local ? "sh" : options.ssh}": ${error.message}`;
+      return beforeHello.greeted ? end(69, why, true) : beforeHello.fail(why, true);
+    });
+    child.on("exit", (code, signal) => beforeHello.greeted ? end(69, `${what} exited with ${signal ?? `status ${code}`}`)
+      : beforeHello.exited(code, signal));
+    child.stdout.on("end", () => beforeHello.greeted ? end(69, "the client's output ended (client or connection gone)")
+      : beforeHello.outputEnded());
     child.stdin.on("error", () => { /* the exit or end above reports it */ });
     // The remote side's own messages: bounded, budgeted, made safe for the terminal.
     readLines(child.stderr, MAX_REMOTE_LINE_BYTES, (line, length) => {
-      if (state.budget.allows("remote")) log(host, `remote: ${printable(cut(line, length, MAX_REMOTE_LINE_BYTES))}`);
+      const text = printable(cut(line, length, MAX_REMOTE_LINE_BYTES));
+      if (!beforeHello.hold(text, "stderr") && state.budget.allows("remote")) log(host, `remote: ${text}`);
     });
+    child.stderr.on("end", () => beforeHello.stderrEnded());
     readLines(child.stdout, MAX_CHANNEL_LINE_BYTES, (line, length) => {
       if (length > MAX_CHANNEL_LINE_BYTES) session.onLine(line.subarray(0, LINE_HEAD_BYTES).toString(), `a ${length}-byte line is too long`);
       else decodeLine(line, session.onLine);
@@ -627,6 +659,121 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
     child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}` +
       ` desktop=${encodeURIComponent(hostname())} version=${VERSION}\n`);
   });
+}
+
+// A connection that ended before the client's hello: the line that says why,
+// and what a line about a long outage says of it; the remote side's lines
+// that came before, to be shown first.
+type Failure = { message: string; cause: string; unreachable: boolean; earlier: string[] };
+
+function failureOf(message: string, earlier: string[] = []): Failure {
+  return { message, cause: message, unreachable: false, earlier };
+}
+
+type HelloWait = ReturnType<typeof helloWait>;
+
+// One connection until the client's hello. What the remote side says
+// meanwhile (ssh's errors, a login banner) is held, the last few lines: shown
+// when the hello comes, or folded into the one line that says why the
+// connection failed if it ends first. After SHOW_HELD_AFTER_MS without a
+// hello they are shown anyway, and later ones as they come: a slow start is
+// never silent. An attempt is given HELLO_TIMEOUT_SECONDS in all.
+function helloWait(host: string, options: Options, budget: LogBudget, fail: (failure: Failure, final: boolean) => void,
+  onHello: () => void) {
+  const held: string[] = [];
+  let notKept = 0;
+  let lastError = "";
+  let greeted = false;
+  let showing = false;
+  // Ended, one way or the other: what comes later is not held, nor waited for.
+  let stopped = false;
+  let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  let stderrEnded = false;
+  let showTimer: ReturnType<typeof setTimeout> | undefined;
+  let lastWord: ReturnType<typeof setTimeout> | undefined;
+  const failing = options.local ? "cannot start the client" : "cannot connect";
+  const failWith = (why: string, final = false) => fail(failureOf(`${failing}: ${why}`, held.splice(0)), final);
+  const helloTimer = setTimeout(() => failWith(`no hello from the client within ${HELLO_TIMEOUT_SECONDS} s`), HELLO_TIMEOUT_SECONDS * 1000);
+  const stop = () => {
+    stopped = true;
+    clearTimeout(helloTimer);
+    clearTimeout(showTimer);
+    clearTimeout(lastWord);
+  };
+  const show = () => {
+    if (notKept > 0 && budget.allows("remote")) log(host, `… ${notKept} earlier remote lines before the hello, not kept`);
+    notKept = 0;
+    for (const line of held.splice(0)) if (budget.allows("remote")) log(host, `remote: ${line}`);
+  };
+  // ssh has exited, and said its last word (or has had the time to).
+  const failExited = () => {
+    clearTimeout(lastWord);
+    const earlier = held.at(-1) === lastError ? held.slice(0, -1) : held.slice();
+    fail(exitFailure(host, options, exit!.code, exit!.signal, lastError, earlier), false);
+  };
+  return {
+    get greeted() { return greeted; },
+    /** Whether a remote line is held here; if not, the caller shows it. */
+    hold(text: string, from: "stderr" | "stdout"): boolean {
+      if (from === "stderr") lastError = text;
+      if (greeted || showing || stopped) return false;
+      held.push(text);
+      if (held.length > MAX_HELD_LINES) {
+        held.shift();
+        notKept += 1;
+      }
+      showTimer ??= setTimeout(() => {
+        showing = true;
+        show();
+      }, SHOW_HELD_AFTER_MS);
+      return true;
+    },
+    /** The client said hello: what was held is shown before the line that says so. */
+    hello(connected: string) {
+      greeted = true;
+      stop();
+      show();
+      log(host, connected);
+      onHello();
+    },
+    fail: failWith,
+    exited(code: number | null, signal: NodeJS.Signals | null) {
+      if (stopped) return;
+      exit = { code, signal };
+      clearTimeout(lastWord);
+      if (stderrEnded) return failExited();
+      lastWord = setTimeout(failExited, LAST_WORD_MS);
+    },
+    stderrEnded() {
+      stderrEnded = true;
+      if (exit && !stopped) failExited();
+    },
+    // Nothing can say hello now; ssh's exit, due any moment, says why.
+    outputEnded() {
+      if (!exit && !stopped) lastWord = setTimeout(() => failWith("the client's output ended before its hello"), LAST_WORD_MS);
+    },
+    stop,
+  };
+}
+
+// Why a connection whose ssh (or local client) exited before the hello
+// failed, in one line: ssh's own error (exit 255) or death by a signal, with
+// its last message; client.ts missing where the default remote command looks
+// for it; or the remote command's exit status and last message.
+function exitFailure(host: string, options: Options, code: number | null, signal: NodeJS.Signals | null, said: string,
+  earlier: string[]): Failure {
+  const last = said ? `: ${said}` : "";
+  if (options.local) return failureOf(`cannot start the client: it exited with ${signal ?? `status ${code}`}${last}`, earlier);
+  if (signal || code === 255) {
+    const ssh = signal ? `ssh ended by ${signal}` : "ssh exited 255";
+    return { message: `cannot connect: ${ssh}${last}`, cause: said || ssh, unreachable: true, earlier: [] };
+  }
+  // sh's words for a missing script: dash's "cannot open", bash's "No such file", busybox's "can't open".
+  const missing = /client\.ts/.test(said) && /no such file|not found|cannot open|can't open/i.test(said);
+  if (missing && (code === 127 || code === 2) && (options.remoteCommand ?? DEFAULT_REMOTE_COMMAND) === DEFAULT_REMOTE_COMMAND) {
+    return failureOf(`client.ts is not in the remote home directory: run "server.ts --install ${host}"`);
+  }
+  return failureOf(`cannot start the client: the remote command exited ${code}${last}`, earlier);
 }
 
 // Answers wait in ssh's stdin while the remote side is not reading them; then
@@ -693,7 +840,7 @@ function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => vo
 
 function sessionState(host: string, options: Options, send: (line: string) => void,
   end: (code: number, why: string, final?: boolean) => void, state: HostState,
-  master: { controlPath?: string; live: Set<ChildProcess> }) {
+  master: { controlPath?: string; live: Set<ChildProcess> }, beforeHello: HelloWait) {
   const { keepaliveSeconds } = options;
   const { budget } = state;
   let greeted = false;
@@ -713,18 +860,20 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
     const [verb, id, ...rest] = line.split(" ");
     if (!greeted) {
       if (verb !== "hello" || problem) {
-        if (budget.allows("remote")) log(host, `remote: ${printable(line)}${problem ? ` (${problem})` : ""}`);
+        const text = `${printable(line)}${problem ? ` (${problem})` : ""}`;
+        if (!beforeHello.hold(text, "stdout") && budget.allows("remote")) log(host, `remote: ${text}`);
         return;
       }
       if (id !== PROTOCOL) {
-        return end(76, `the client speaks "${printable(id ?? "")}", this server speaks "${PROTOCOL}": copy this client.ts to ${host}`, true);
+        return end(76, `the client speaks "${printable(id ?? "")}", this server speaks "${PROTOCOL}": ` +
+          `run "server.ts --install ${host}" to update client.ts there`, true);
       }
       greeted = true;
       heard();
       const fields = new URLSearchParams(rest.join("&"));
       const field = (name: string) => printable(fields.get(name) ?? "?");
       const version = fields.get("version") === VERSION ? "" : `, client.ts version ${field("version")} (server.ts ${VERSION})`;
-      return log(host, `connected: client pid ${field("pid")} on ${field("runtime")}, socket "${field("socket")}"${version}`);
+      return beforeHello.hello(`connected: client pid ${field("pid")} on ${field("runtime")}, socket "${field("socket")}"${version}`);
     }
     heard();
     if (verb === "open" && /^[0-9]{1,15}$/.test(id ?? "") && (rest.length > 0 || problem)) {

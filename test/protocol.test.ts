@@ -36,7 +36,7 @@ test("server whose client speaks urlserver/2 exits 76 naming both versions", { t
   const exit = await waitForExit(server, 10_000, "server");
   assert.equal(exit.code, 76, server.stderr.text());
   assert.match(server.stderr.text(),
-    /^\S+ testhost: disconnected: the client speaks "urlserver\/2", this server speaks "urlserver\/1": copy this client\.ts to testhost$/m);
+    /^\S+ testhost: disconnected: the client speaks "urlserver\/2", this server speaks "urlserver\/1": run "server\.ts --install testhost" to update client\.ts there$/m);
   assert.doesNotMatch(server.stderr.text(), /connected: client pid/);
 });
 
