@@ -61,7 +61,8 @@ Options:
   --rate PER_SECOND      steady rate of opens per host once the burst is spent
                          (default: 1); 0 turns rate limiting off
   --burst N              opens allowed in a burst, per host (default: 10)
-  --reconnect            reconnect a lost host, waiting 1 s, doubling to 60 s
+  --reconnect            reconnect a lost host, and retry one not reached:
+                         attempts 1 s apart, doubling to 8 s while they fail
   --notify               show a desktop notification for each URL opened
   --log FILE             append a JSON line per URL: time, host, URL, decision
   --no-forward-loopback  refuse URLs to the remote host's own loopback
@@ -155,11 +156,17 @@ const MAX_PORT_MOVE = 32;
 // ssh binds its control socket as PATH plus 17 characters, then renames it;
 // Unix socket paths end at 104 bytes on macOS, 108 on Linux.
 const MAX_CONTROL_DIRECTORY_LENGTH = 80;
+// ssh's ConnectTimeout: the TCP connect, handshake and key exchange of an
+// attempt. A dropped SYN is sent again 1, 3 and 7 s in, and the next attempt
+// starts at 10 s, so a network that comes back is never more than 4 s from
+// the next try; a slow link's handshake takes a few seconds, not ten.
+const CONNECT_TIMEOUT_SECONDS = 10;
 // The server's own bound on an attempt that has not said hello, for what ssh
 // does not bound: authentication (a password being typed, a Kerberos lookup
 // that hangs) and the remote start (npx fetching tsx over a slow link). As
 // long as sshd's own LoginGraceTime: a start that takes longer is not going
-// to finish.
+// to finish. A network lost meanwhile is noticed sooner, by ConnectTimeout or
+// the keepalive, so this does not hold up a reconnect.
 const HELLO_TIMEOUT_SECONDS = 120;
 // Before the hello, the remote side's lines (ssh's errors, a login banner)
 // are held, the last few, to be shown once the hello comes or folded into one
@@ -169,6 +176,19 @@ const SHOW_HELD_AFTER_MS = 5000;
 // How long the end of an attempt waits for the last word of ssh, whose
 // stderr a process it started may hold open.
 const LAST_WORD_MS = 1000;
+// --reconnect: attempts start at least 1 s apart, doubling to 8 s while they
+// keep failing, so a host that is down for a day costs one ssh run every 8 s
+// and is reconnected within 8 s of its return. An attempt that itself took
+// that long (a connect timing out) is followed at once. A connection this
+// long past its hello starts the doubling over.
+const FIRST_ATTEMPT_SPACING_MS = 1000;
+const MAX_ATTEMPT_SPACING_MS = 8000;
+const STABLE_CONNECTION_MS = 60_000;
+// During an outage the first failed attempts are logged one by one, then one
+// line at 1, 2, 4, 8... minutes, at most an hour apart.
+const FAILURES_LOGGED = 3;
+const FIRST_SUMMARY_MS = 60_000;
+const MAX_SUMMARY_GAP_MS = 3_600_000;
 
 type Options = {
   hosts: string[];
@@ -547,30 +567,91 @@ function anySocketAnswers(directory: string): Promise<boolean> {
 // What a host keeps whatever its connection: its rate limit and its log budget.
 type HostState = { takeToken: () => boolean; budget: LogBudget };
 
-// One host's connection, and with --reconnect its successors: 1 s doubling to
-// 60 s between attempts, back to 1 s after a minute of stable connection.
+// One host's connection, and with --reconnect its successors, each attempt
+// starting at least spacingMs after the one before.
 async function serveHost(host: string, options: Options, live: Set<ChildProcess>): Promise<number> {
   const state = { takeToken: rateLimiter(options.rate, options.burst), budget: logBudget(host, options) };
   // What was counted but not yet said is said also when the server is stopped.
   cleanups.push(state.budget.flush);
-  let delaySeconds = 1;
-  for (let attempt = 2; ; attempt++) {
+  const outage = outageLog(host, state.budget);
+  let spacingMs = FIRST_ATTEMPT_SPACING_MS;
+  for (let attempt = 1; ; attempt++) {
     const started = Date.now();
-    const ending = await serveConnection(host, options, live, state, () => {});
+    let helloAt: number | undefined;
+    const ending = await serveConnection(host, options, live, state, () => {
+      helloAt = Date.now();
+      outage.back();
+    });
     state.budget.flush();
-    if (ending.failure) reportFailure(host, state.budget, ending.failure);
-    if (!options.reconnect || ending.final) return ending.code;
-    if (Date.now() - started >= 60_000) delaySeconds = 1;
-    log(host, `reconnecting in ${delaySeconds} s (attempt ${attempt})`);
-    await new Promise((resolve) => setTimeout(resolve, delaySeconds * 1000));
-    delaySeconds = Math.min(60, delaySeconds * 2);
+    if (!options.reconnect || ending.final) {
+      if (ending.failure) outage.report(ending.failure);
+      return ending.code;
+    }
+    if (helloAt !== undefined && Date.now() - helloAt >= STABLE_CONNECTION_MS) spacingMs = FIRST_ATTEMPT_SPACING_MS;
+    const waitMs = Math.max(0, started + spacingMs - Date.now());
+    if (ending.failure) outage.failed(attempt, started, ending.failure, waitMs);
+    else outage.lost(attempt + 1, waitMs);
+    await new Promise((resolve) => setTimeout(resolve, waitMs));
+    spacingMs = Math.min(MAX_ATTEMPT_SPACING_MS, spacingMs * 2);
   }
 }
 
-// A failure's line, after the remote side's own lines that came before it.
-function reportFailure(host: string, budget: LogBudget, failure: Failure): void {
-  for (const line of failure.earlier) if (budget.allows("remote")) log(host, `remote: ${line}`);
-  log(host, failure.message);
+// What --reconnect says while a host is away: the loss, the first failed
+// attempts one by one, then a line now and then, and one when it is back.
+function outageLog(host: string, budget: LogBudget) {
+  // When the connection that had said hello was lost; since when nothing has connected.
+  let lostAt: number | undefined;
+  let since = 0;
+  let failures = 0;
+  let nextSummaryMs = FIRST_SUMMARY_MS;
+  const starting = (at: number) => {
+    since = at;
+    failures = 0;
+    nextSummaryMs = FIRST_SUMMARY_MS;
+  };
+  // A failure's line, after the remote side's own lines that came before it.
+  const report = (failure: Failure, suffix = "") => {
+    for (const line of failure.earlier) if (budget.allows("remote")) log(host, `remote: ${line}`);
+    log(host, `${failure.message}${suffix}`);
+  };
+  const lost = (attempt: number, waitMs: number) => {
+    lostAt = Date.now();
+    starting(lostAt);
+    log(host, `reconnecting${inSeconds(waitMs)} (attempt ${attempt})`);
+  };
+  const failed = (attempt: number, startedAt: number, failure: Failure, waitMs: number) => {
+    if (failures === 0 && lostAt === undefined) starting(startedAt);
+    failures += 1;
+    const again = `again${inSeconds(waitMs) || " at once"}`;
+    if (failures < FAILURES_LOGGED) return report(failure, ` (attempt ${attempt}, ${again})`);
+    if (failures === FAILURES_LOGGED) return report(failure, ` (attempt ${attempt}, ${again}; from now on a line now and then)`);
+    const elapsed = Date.now() - since;
+    if (elapsed < nextSummaryMs) return;
+    log(host, `still ${failure.unreachable ? "unreachable" : "not connected"} after ${duration(elapsed)} (attempt ${attempt}): ${failure.cause}`);
+    while (nextSummaryMs <= elapsed) nextSummaryMs = Math.min(2 * nextSummaryMs, nextSummaryMs + MAX_SUMMARY_GAP_MS);
+  };
+  const back = () => {
+    if (lostAt !== undefined) log(host, `reconnected after ${duration(Date.now() - lostAt)}`);
+    lostAt = undefined;
+    failures = 0;
+  };
+  return { report, lost, failed, back };
+}
+
+// " in 0.4 s", " in 4 s", or nothing for no wait at all.
+function inSeconds(ms: number): string {
+  if (ms === 0) return "";
+  return ms < 1000 ? ` in ${(ms / 1000).toFixed(1)} s` : ` in ${Math.round(ms / 1000)} s`;
+}
+
+// 4.5 s, 45 s, 6 min 12 s, 2 h 5 min.
+function duration(ms: number): string {
+  const seconds = Math.round(ms / 1000);
+  if (ms < 10_000) return `${(ms / 1000).toFixed(1)} s`;
+  if (seconds < 60) return `${seconds} s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min${seconds % 60 ? ` ${seconds % 60} s` : ""}`;
+  const minutes = Math.round(seconds / 60);
+  return `${Math.floor(minutes / 60)} h${minutes % 60 ? ` ${minutes % 60} min` : ""}`;
 }
 
 // The child whose stdin and stdout are the channel: ssh, or the client itself.
@@ -593,7 +674,8 @@ function startConnection(host: string, options: Options, controlPath?: string): 
     // request; ControlPersist=no keeps a user's own setting from sending it to
     // the background, where it and its forwards would outlive this server.
     const master = controlPath ? ["-o", "ControlMaster=yes", "-o", `ControlPath=${controlPath}`, "-o", "ControlPersist=no"] : [];
-    args = ["-T", "-o", `ServerAliveInterval=${alive}`, "-o", "ServerAliveCountMax=3", ...master,
+    args = ["-T", "-o", `ServerAliveInterval=${alive}`, "-o", "ServerAliveCountMax=3",
+      "-o", `ConnectTimeout=${CONNECT_TIMEOUT_SECONDS}`, ...master,
       "--", host, options.remoteCommand ?? DEFAULT_REMOTE_COMMAND];
   }
   return spawn(command, args, { stdio: ["pipe", "pipe", "pipe"] });

@@ -42,15 +42,15 @@ test("a URL sent with send.ts is opened once, as the opener's only argument, and
   assert.match(session.server.stderr.text(), /^\S+Z testhost: opened "https:\/\/example\.org\/a\?b=c&d=e#f" with /m);
 });
 
-test("ssh is run as PROGRAM -T -o ServerAliveInterval=K -o ServerAliveCountMax=3 [control master options] -- HOST COMMAND", { timeout: 20_000 }, async (t) => {
+test("ssh is run as PROGRAM -T -o ServerAliveInterval=K -o ServerAliveCountMax=3 -o ConnectTimeout=10 [control master options] -- HOST COMMAND", { timeout: 20_000 }, async (t) => {
   const session = await startSession(t, ["--keepalive", "7"]);
   const { args } = JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]);
-  assert.deepEqual(args.slice(0, 5), ["-T", "-o", "ServerAliveInterval=7", "-o", "ServerAliveCountMax=3"]);
+  assert.deepEqual(args.slice(0, 7), ["-T", "-o", "ServerAliveInterval=7", "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=10"]);
   // The control master options that loopback forwarding needs (test/forward.test.ts).
-  assert.deepEqual(args.slice(5, 11).filter((_: string, i: number) => i % 2 === 1).map((option: string) => option.split("=")[0]),
+  assert.deepEqual(args.slice(7, 13).filter((_: string, i: number) => i % 2 === 1).map((option: string) => option.split("=")[0]),
     ["ControlMaster", "ControlPath", "ControlPersist"]);
-  assert.deepEqual(args.slice(11, 13), ["--", "testhost"]);
-  assert.equal(args.length, 14, "the remote command is one argument after the host");
+  assert.deepEqual(args.slice(13, 15), ["--", "testhost"]);
+  assert.equal(args.length, 16, "the remote command is one argument after the host");
 });
 
 test("several URLs in one send.ts are all opened, byte for byte, including non-ASCII and shell syntax", { timeout: 20_000 }, async (t) => {

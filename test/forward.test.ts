@@ -45,7 +45,7 @@ test("ssh runs as the master of a control socket in a private 0700 directory, re
   const session = await startSession(t, ["--keepalive", "7"]);
   const { args } = JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]);
   const controlPath = controlPathOf(args);
-  assert.deepEqual(args.slice(0, 13), ["-T", "-o", "ServerAliveInterval=7", "-o", "ServerAliveCountMax=3",
+  assert.deepEqual(args.slice(0, 15), ["-T", "-o", "ServerAliveInterval=7", "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=10",
     "-o", "ControlMaster=yes", "-o", `ControlPath=${controlPath}`, "-o", "ControlPersist=no", "--", "testhost"]);
   assert.ok(controlPath.length < 90, `ControlPath "${controlPath}" is too long for a socket`);
   const directory = statSync(dirname(controlPath));
@@ -138,8 +138,9 @@ test("a loopback URL on a port below 1024 is refused without asking ssh", { time
 test("--no-forward-loopback: ssh runs without control options, loopback URLs are refused, others open", { timeout: 20_000 }, async (t) => {
   const session = await startSession(t, ["--no-forward-loopback"]);
   const { args } = JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]);
-  assert.deepEqual(args.slice(0, 7), ["-T", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3", "--", "testhost"]);
-  assert.equal(args.length, 8);
+  assert.deepEqual(args.slice(0, 9), ["-T", "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3", "-o", "ConnectTimeout=10",
+    "--", "testhost"]);
+  assert.equal(args.length, 10);
   const oauth = "https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8124%2Fcb";
   for (const url of ["http://127.0.0.1:8123/cb", oauth]) {
     const result = await send(t, session, [url]);
