@@ -74,21 +74,23 @@ function runtimeName(): string {
     : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
   return `node/${versions.node}${how}`;
 }
-// Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
-const cleanups: Array<() => void> = [];
-function exitNow(code: number): never {
+// Every way out runs the cleanups first, told the signal if that is the way:
+// a signal, a closed stdout or stderr, a crash.
+const cleanups: Array<(signal?: string) => void> = [];
+function exitNow(code: number, signal?: string): never {
   for (const cleanup of cleanups.splice(0).reverse()) {
-    try { cleanup(); } catch { /* exiting anyway */ }
+    try { cleanup(signal); } catch { /* exiting anyway */ }
   }
   process.exit(code);
 }
 for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGQUIT", 3], ["SIGTERM", 15]] as const) {
-  process.on(signal, () => exitNow(128 + number));
+  process.on(signal, () => exitNow(128 + number, signal));
 }
-// Node reports a vanished reader as EPIPE rather than dying of SIGPIPE: end as if it had.
-process.stdout.on("error", () => exitNow(128 + 13));
-process.stderr.on("error", () => exitNow(128 + 13));
+// Node reports a vanished reader of stdout or stderr as an unhandled EPIPE
+// rather than dying of SIGPIPE: end as if it had. (No error listener on them:
+// Bun would create both streams at start for it, 4 ms of every send.ts.)
 function crash(error: unknown): never {
+  if ((error as NodeJS.ErrnoException | undefined)?.code === "EPIPE") return exitNow(128 + 13);
   process.stderr.write(`${PROGRAM}: internal error: ${error instanceof Error ? error.message : error}\n`);
   return exitNow(70);
 }
