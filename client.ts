@@ -27,7 +27,8 @@
 // has been silent for three heartbeat intervals, or on a signal, and removes
 // its socket each time. Exit codes: 0 server went away, 64 usage, 69 another
 // client is serving the socket, 70 internal error, 75 server silent,
-// 76 protocol mismatch, 77 unsafe socket directory, 128+N signal N.
+// 76 protocol mismatch, 77 unsafe socket directory or another user's socket,
+// 128+N signal N.
 
 import { lstatSync, mkdirSync, rmSync, statSync, unlinkSync } from "node:fs";
 import { connect, createServer } from "node:net";
@@ -56,7 +57,8 @@ Examples:
 
 Exit codes: 0 server went away, 64 usage, 69 another client is serving the
 socket, 70 internal error, 75 server silent for 3 heartbeats, 76 protocol
-mismatch, 77 unsafe socket directory, 128+N ended by signal N (141: stdout closed)
+mismatch, 77 unsafe socket directory or another user's stale socket, 128+N
+ended by signal N (141: stdout closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)

@@ -54,8 +54,8 @@ Options:
   --browser PROGRAM      opener, run with the URL as its last argument (default:
                          $URLSERVER_BROWSER, else xdg-open; open on macOS;
                          rundll32 url.dll,FileProtocolHandler on Windows, WSL)
-  --keepalive SECONDS    heartbeat interval; each end gives up after three
-                         silent intervals (default: 15)
+  --keepalive SECONDS    heartbeat interval, 1 to 3600; each end gives up
+                         after three silent intervals (default: 15)
   --allow-scheme SCHEME  also open URLs with this scheme, such as mailto;
                          repeatable (http and https are always allowed)
   --rate PER_SECOND      steady rate of opens per host once the burst is spent
@@ -65,7 +65,8 @@ Options:
   --notify               show a desktop notification for each URL opened
   --log FILE             append a JSON line per URL: time, host, URL, decision
   --no-forward-loopback  refuse URLs to the remote host's own loopback
-                         (localhost, 127.x.y.z, [::1], or such a redirect_uri)
+                         (localhost, 127.x.y.z, [::1] and the other forms in
+                         the README, or such a redirect_uri or oauth_callback)
                          instead of forwarding their port over the connection
   --local                run client.ts from beside this script on this
                          machine, without ssh (one HOST, used as a label)
@@ -88,7 +89,7 @@ Examples:
 Exit codes: 0 --help, --version, --install done; 64 usage; 69 every host's
 client or connection went away, or --install failed on a HOST; 70 internal
 error; 73 cannot write the --log file; 76 protocol mismatch (one HOST); 128+N
-ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed)
+ended by signal N (130 Ctrl-C, 131 Ctrl-\\, 143 TERM, 129 HUP, 141 stderr closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
