@@ -275,9 +275,9 @@ function listenPrivately(socketPath: string): Promise<Server | Error> {
   });
 }
 
-// Two clients that find one stale socket at the same moment can both listen,
-// one of them on a path the other has since replaced. A client listens there
-// only if a connection to the path reaches its own listener, carrying a token.
+// Even taking turns, the path may have been taken meanwhile (a client that
+// stalled past the lock's age, another program): a client says hello only
+// if a connection to the path reaches its own listener, carrying a token.
 function reachesListener(listener: Server, socketPath: string): Promise<boolean> {
   const token = `probe-${process.pid}-${Date.now()}-${Math.random()}`;
   return new Promise((resolve) => {
