@@ -27,7 +27,8 @@
 // has been silent for three heartbeat intervals, or on a signal, and removes
 // its socket each time. Exit codes: 0 server went away, 64 usage, 69 another
 // client is serving the socket, 70 internal error, 75 server silent,
-// 76 protocol mismatch, 77 unsafe socket directory, 128+N signal N.
+// 76 protocol mismatch, 77 unsafe socket directory or another user's socket,
+// 128+N signal N.
 
 import { lstatSync, mkdirSync, rmSync, statSync, unlinkSync } from "node:fs";
 import { connect, createServer } from "node:net";
@@ -56,7 +57,8 @@ Examples:
 
 Exit codes: 0 server went away, 64 usage, 69 another client is serving the
 socket, 70 internal error, 75 server silent for 3 heartbeats, 76 protocol
-mismatch, 77 unsafe socket directory, 128+N ended by signal N (141: stdout closed)
+mismatch, 77 unsafe socket directory or another user's stale socket, 128+N
+ended by signal N (141: stdout closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
@@ -74,21 +76,23 @@ function runtimeName(): string {
     : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
   return `node/${versions.node}${how}`;
 }
-// Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
-const cleanups: Array<() => void> = [];
-function exitNow(code: number): never {
+// Every way out runs the cleanups first, told the signal if that is the way:
+// a signal, a closed stdout or stderr, a crash.
+const cleanups: Array<(signal?: string) => void> = [];
+function exitNow(code: number, signal?: string): never {
   for (const cleanup of cleanups.splice(0).reverse()) {
-    try { cleanup(); } catch { /* exiting anyway */ }
+    try { cleanup(signal); } catch { /* exiting anyway */ }
   }
   process.exit(code);
 }
 for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGQUIT", 3], ["SIGTERM", 15]] as const) {
-  process.on(signal, () => exitNow(128 + number));
+  process.on(signal, () => exitNow(128 + number, signal));
 }
-// Node reports a vanished reader as EPIPE rather than dying of SIGPIPE: end as if it had.
-process.stdout.on("error", () => exitNow(128 + 13));
-process.stderr.on("error", () => exitNow(128 + 13));
+// Node reports a vanished reader of stdout or stderr as an unhandled EPIPE
+// rather than dying of SIGPIPE: end as if it had. (No error listener on them:
+// Bun would create both streams at start for it, 4 ms of every send.ts.)
 function crash(error: unknown): never {
+  if ((error as NodeJS.ErrnoException | undefined)?.code === "EPIPE") return exitNow(128 + 13);
   process.stderr.write(`${PROGRAM}: internal error: ${error instanceof Error ? error.message : error}\n`);
   return exitNow(70);
 }
@@ -271,9 +275,9 @@ function listenPrivately(socketPath: string): Promise<Server | Error> {
   });
 }
 
-// Two clients that find one stale socket at the same moment can both listen,
-// one of them on a path the other has since replaced. A client listens there
-// only if a connection to the path reaches its own listener, carrying a token.
+// Even taking turns, the path may have been taken meanwhile (a client that
+// stalled past the lock's age, another program): a client says hello only
+// if a connection to the path reaches its own listener, carrying a token.
 function reachesListener(listener: Server, socketPath: string): Promise<boolean> {
   const token = `probe-${process.pid}-${Date.now()}-${Math.random()}`;
   return new Promise((resolve) => {

@@ -22,8 +22,9 @@
 //   bun send.ts URL...           (Bun drops a "--" right after the script name)
 //
 // Exit codes: 0 every URL opened (--status: a desktop is connected), 64 usage,
-// 65 a URL was refused by the desktop, 69 no server is connected on this host
-// (or it went away), 70 internal error, 75 timed out, 128+N ended by signal N.
+// 65 a URL was refused (by the desktop, or here: one argument is one URL),
+// 69 no server is connected on this host (or it went away), 70 internal
+// error, 75 timed out, 77 the socket is not the user's own, 128+N signal N.
 
 import { lstatSync } from "node:fs";
 import { connect } from "node:net";
@@ -34,7 +35,7 @@ const USAGE = `Usage: send.ts [--socket PATH] [--timeout SECONDS] URL...
        send.ts --status
 
 Open each URL in the browser on the desktop that runs server.ts for this host.
-Exits 0 once the desktop has started its opener for every URL; otherwise says
+Exits 0 once the desktop has opened every URL; otherwise says
 why and prints each URL not opened on stderr, to be copied by hand.
 
 Options:
@@ -54,8 +55,9 @@ Examples:
   send.ts --status || echo "no desktop"    in a prompt or a script
 
 Exit codes: 0 all opened (or, with --status, a desktop is connected), 64 usage,
-65 a URL was refused by the desktop, 69 no server connected on this host,
-70 internal error, 75 timed out, 128+N ended by signal N
+65 a URL was refused, 69 no server connected on this host, 70 internal error,
+75 timed out, 77 the socket or its directory is not the user's own (nothing
+was sent), 128+N ended by signal N
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
@@ -73,21 +75,23 @@ function runtimeName(): string {
     : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
   return `node/${versions.node}${how}`;
 }
-// Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
-const cleanups: Array<() => void> = [];
-function exitNow(code: number): never {
+// Every way out runs the cleanups first, told the signal if that is the way:
+// a signal, a closed stdout or stderr, a crash.
+const cleanups: Array<(signal?: string) => void> = [];
+function exitNow(code: number, signal?: string): never {
   for (const cleanup of cleanups.splice(0).reverse()) {
-    try { cleanup(); } catch { /* exiting anyway */ }
+    try { cleanup(signal); } catch { /* exiting anyway */ }
   }
   process.exit(code);
 }
 for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGQUIT", 3], ["SIGTERM", 15]] as const) {
-  process.on(signal, () => exitNow(128 + number));
+  process.on(signal, () => exitNow(128 + number, signal));
 }
-// Node reports a vanished reader as EPIPE rather than dying of SIGPIPE: end as if it had.
-process.stdout.on("error", () => exitNow(128 + 13));
-process.stderr.on("error", () => exitNow(128 + 13));
+// Node reports a vanished reader of stdout or stderr as an unhandled EPIPE
+// rather than dying of SIGPIPE: end as if it had. (No error listener on them:
+// Bun would create both streams at start for it, 4 ms of every send.ts.)
 function crash(error: unknown): never {
+  if ((error as NodeJS.ErrnoException | undefined)?.code === "EPIPE") return exitNow(128 + 13);
   process.stderr.write(`${PROGRAM}: internal error: ${error instanceof Error ? error.message : error}\n`);
   return exitNow(70);
 }

@@ -54,8 +54,8 @@ Options:
   --browser PROGRAM      opener, run with the URL as its last argument (default:
                          $URLSERVER_BROWSER, else xdg-open; open on macOS;
                          rundll32 url.dll,FileProtocolHandler on Windows, WSL)
-  --keepalive SECONDS    heartbeat interval; each end gives up after three
-                         silent intervals (default: 15)
+  --keepalive SECONDS    heartbeat interval, 1 to 3600; each end gives up
+                         after three silent intervals (default: 15)
   --allow-scheme SCHEME  also open URLs with this scheme, such as mailto;
                          repeatable (http and https are always allowed)
   --rate PER_SECOND      steady rate of opens per host once the burst is spent
@@ -66,7 +66,8 @@ Options:
   --notify               show a desktop notification for each URL opened
   --log FILE             append a JSON line per URL: time, host, URL, decision
   --no-forward-loopback  refuse URLs to the remote host's own loopback
-                         (localhost, 127.x.y.z, [::1], or such a redirect_uri)
+                         (localhost, 127.x.y.z, [::1] and the other forms in
+                         the README, or such a redirect_uri or oauth_callback)
                          instead of forwarding their port over the connection
   --local                run client.ts from beside this script on this
                          machine, without ssh (one HOST, used as a label)
@@ -89,7 +90,7 @@ Examples:
 Exit codes: 0 --help, --version, --install done; 64 usage; 69 every host's
 client or connection went away, or --install failed on a HOST; 70 internal
 error; 73 cannot write the --log file; 76 protocol mismatch (one HOST); 128+N
-ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed)
+ended by signal N (130 Ctrl-C, 131 Ctrl-\\, 143 TERM, 129 HUP, 141 stderr closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
@@ -107,21 +108,23 @@ function runtimeName(): string {
     : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
   return `node/${versions.node}${how}`;
 }
-// Every way out runs the cleanups first: a signal, a closed stdout or stderr, a crash.
-const cleanups: Array<() => void> = [];
-function exitNow(code: number): never {
+// Every way out runs the cleanups first, told the signal if that is the way:
+// a signal, a closed stdout or stderr, a crash.
+const cleanups: Array<(signal?: string) => void> = [];
+function exitNow(code: number, signal?: string): never {
   for (const cleanup of cleanups.splice(0).reverse()) {
-    try { cleanup(); } catch { /* exiting anyway */ }
+    try { cleanup(signal); } catch { /* exiting anyway */ }
   }
   process.exit(code);
 }
 for (const [signal, number] of [["SIGHUP", 1], ["SIGINT", 2], ["SIGQUIT", 3], ["SIGTERM", 15]] as const) {
-  process.on(signal, () => exitNow(128 + number));
+  process.on(signal, () => exitNow(128 + number, signal));
 }
-// Node reports a vanished reader as EPIPE rather than dying of SIGPIPE: end as if it had.
-process.stdout.on("error", () => exitNow(128 + 13));
-process.stderr.on("error", () => exitNow(128 + 13));
+// Node reports a vanished reader of stdout or stderr as an unhandled EPIPE
+// rather than dying of SIGPIPE: end as if it had. (No error listener on them:
+// Bun would create both streams at start for it, 4 ms of every send.ts.)
 function crash(error: unknown): never {
+  if ((error as NodeJS.ErrnoException | undefined)?.code === "EPIPE") return exitNow(128 + 13);
   process.stderr.write(`${PROGRAM}: internal error: ${error instanceof Error ? error.message : error}\n`);
   return exitNow(70);
 }
@@ -147,6 +150,9 @@ const MAX_KEEPALIVE_SECONDS = 3600;
 const DEFAULT_REMOTE_COMMAND = "exec sh client.ts";
 // Privileged ports would need root on the desktop to listen on.
 const MIN_FORWARDED_PORT = 1024;
+// How long an opener that has not exited yet is waited for: one still
+// running then is a browser that stays in the foreground.
+const OPENER_WAIT_MS = 1000;
 // An ssh master that does not answer within this long is not going to.
 const FORWARD_TIMEOUT_MS = 10_000;
 // What one connection may have the desktop listen on, at most.
@@ -204,7 +210,8 @@ type Options = {
   auditLog?: string;
   local: boolean;
   install: boolean;
-  forwardLoopback: boolean;
+  /** Why loopback URLs' ports are not forwarded, if they are not. */
+  noForwardReason?: string;
   /** Where the ssh masters' control sockets live; only when loopback ports are forwarded. */
   controlDirectory?: string;
 };
@@ -235,7 +242,10 @@ async function main(argv: string[]): Promise<number> {
       return 73;
     }
   }
-  if (options.forwardLoopback && !options.local) {
+  if (options.noForwardReason === DESKTOP.noMultiplexing && DESKTOP.noMultiplexing && !options.local) {
+    process.stderr.write(`${PROGRAM}: loopback URLs will be refused, not forwarded: ${DESKTOP.noMultiplexing}\n`);
+  }
+  if (!options.noForwardReason && !options.local) {
     await removeLeftoverControlDirectories();
     const directory = makeControlDirectory();
     // Pushed first, so run last: after the masters have been told to go.
@@ -244,7 +254,12 @@ async function main(argv: string[]): Promise<number> {
   }
   const live = new Set<ChildProcess>();
   cleanups.push(() => live.forEach((child) => child.kill("SIGTERM")));
-  const codes = await Promise.all(options.hosts.map((host) => serveHost(host, options, live)));
+  const serving = options.hosts.map((host) => serveHost(host, options, live));
+  // Pushed last, so said first: a server ended by a signal says so.
+  cleanups.push((signal) => {
+    if (signal) process.stderr.write(`${new Date().toISOString()} stopping: ${signal}\n`);
+  });
+  const codes = await Promise.all(serving);
   return codes.length === 1 ? codes[0] : 69;
 }
 
@@ -287,7 +302,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     hosts: positionals,
     ssh: values.ssh ?? env.URLSERVER_SSH ?? "ssh",
     remoteCommand: values["remote-command"] ?? env.URLSERVER_REMOTE_COMMAND,
-    browser: browser ? [browser] : defaultOpener(),
+    browser: browser ? [browser] : DESKTOP.opener,
     keepaliveSeconds: keepaliveSeconds(values.keepalive),
     schemes: new Set(["http", "https", ...values["allow-scheme"].map(checkedScheme)]),
     rate: positiveNumber("--rate", values.rate, true),
@@ -297,7 +312,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     auditLog: values.log,
     local: values.local,
     install: values.install,
-    forwardLoopback: !values["no-forward-loopback"],
+    noForwardReason: values["no-forward-loopback"] ? "--no-forward-loopback is set" : DESKTOP.noMultiplexing,
   };
 }
 
@@ -326,10 +341,34 @@ function checkedScheme(text: string): string {
   return scheme;
 }
 
+// What differs with the desktop's platform, decided in one place from the
+// platform, the OS release and the environment (so that a test can ask for
+// each): the default opener, the notifier, and whether ssh can multiplex a
+// connection, which forwarding a loopback URL's port needs.
+export type Desktop = { opener: string[]; notifier?: string; noMultiplexing?: string; pathSeparator: string };
+
+export function desktopPlatform(platform: string, osRelease: string, env: Record<string, string | undefined>): Desktop {
+  // No shell on the way: cmd's "start" would interpret & and ^ in URLs.
+  const rundll = ["url.dll,FileProtocolHandler"];
+  if (platform === "darwin") return { opener: ["open"], notifier: "osascript", pathSeparator: ":" };
+  if (platform === "win32") {
+    return { opener: ["rundll32", ...rundll], noMultiplexing: "Windows' OpenSSH has no connection multiplexing", pathSeparator: ";" };
+  }
+  // WSL: a Linux whose desktop, and browser, are Windows'.
+  if (/microsoft/i.test(osRelease) || env.WSL_DISTRO_NAME) return { opener: ["rundll32.exe", ...rundll], notifier: "notify-send", pathSeparator: ":" };
+  return { opener: ["xdg-open"], notifier: "notify-send", pathSeparator: ":" };
+}
+
+const DESKTOP = desktopPlatform(process.platform, release(), process.env);
+
 // A missing notifier is said once, here, rather than for every URL.
 function findNotifier(): string[] | undefined {
-  const program = process.platform === "darwin" ? "osascript" : "notify-send";
-  const found = (process.env.PATH ?? "").split(":").some((dir) => {
+  const program = DESKTOP.notifier;
+  if (!program) {
+    process.stderr.write(`${PROGRAM}: warning: --notify has no notifier on this platform: no notifications\n`);
+    return undefined;
+  }
+  const found = (process.env.PATH ?? "").split(DESKTOP.pathSeparator).some((dir) => {
     try {
       accessSync(join(dir || ".", program), constants.X_OK);
       return true;
@@ -345,14 +384,6 @@ function findNotifier(): string[] | undefined {
   return program === "osascript"
     ? [program, "-e", "on run argv", "-e", "display notification (item 2 of argv) with title (item 1 of argv)", "-e", "end run"]
     : [program, "--app-name=urlserver"];
-}
-
-function defaultOpener(): string[] {
-  if (process.platform === "darwin") return ["open"];
-  // No shell on the way: cmd's "start" would interpret & and ^ in URLs.
-  if (process.platform === "win32") return ["rundll32", "url.dll,FileProtocolHandler"];
-  if (/microsoft/i.test(release()) || process.env.WSL_DISTRO_NAME) return ["rundll32.exe", "url.dll,FileProtocolHandler"];
-  return ["xdg-open"];
 }
 
 // --install: one ssh run per host, whose shell reads installScript() on its
@@ -980,15 +1011,18 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
       return refuse(url, `loopback URL: its port ${privileged.port} is on the remote host, and ports below ${MIN_FORWARDED_PORT} are not forwarded`, answer);
     }
     if (loopback && !forwarder) {
-      return refuse(url, "loopback URL: its port is on the remote host, and --no-forward-loopback is set", answer);
+      return refuse(url, `loopback URL: its port is on the remote host, and ${options.noForwardReason}`, answer);
     }
-    if (!state.takeToken()) return refuse(url, "rate limited", answer, "rate limited");
+    if (!state.takeToken()) return refuse(url, rateLimited, answer, "rate limited");
     if (!loopback || !forwarder) return openUrl(url, host, options, answer);
     forwarder(url, loopback).then((forwarded) => {
       if ("refusal" in forwarded) return refuse(url, forwarded.refusal, answer);
-      openUrl(forwarded.url, host, options, answer, forwarded.note);
+      openUrl(forwarded.url, host, options, answer, forwarded.note, url);
     }, crash);
   };
+
+  const rateLimited = `rate limited: more than ${options.burst} URLs at once, or more than ${options.rate} per second after them, ` +
+    "from this host (server.ts --burst and --rate set these)";
 
   // Refusals are answered one by one, and logged so up to the host's budget.
   const refuse = (url: string, refusal: string, answer: (refusal?: string) => void, decision = "refused") => {
@@ -1245,22 +1279,33 @@ function rateLimiter(perSecond: number, burst: number): () => boolean {
 // The opener gets the URL byte for byte as its last argument, with no shell.
 // It is detached with its output ignored: some openers live as long as the
 // browser, and Ctrl-C here must not reach the browser. The URL counts as
-// opened once the opener has started.
-function openUrl(url: string, host: string, options: Options, answer: (refusal?: string) => void, forwarded = ""): void {
+// opened when the opener exits 0, or is still running after OPENER_WAIT_MS
+// (a browser that stays in the foreground); an opener that fails sooner (an
+// xdg-open that finds no browser exits 3) is a refusal the sender hears of.
+// asSent is the URL as the remote sent it, when its port was moved.
+function openUrl(url: string, host: string, options: Options, answer: (refusal?: string) => void, note = "", asSent = url): void {
   const [program, ...args] = options.browser;
   const child = spawn(program, [...args, url], { detached: true, stdio: "ignore" });
-  child.on("spawn", () => {
-    log(host, `opened ${quoted(url)} with ${program} (pid ${child.pid})${forwarded}`);
-    audit(options, host, url, "opened");
+  let decided = false;
+  const decide = (refusal?: string, how = "") => {
+    if (decided) return;
+    decided = true;
+    clearTimeout(waiting);
+    if (refusal) {
+      log(host, `cannot open ${quoted(url)}: ${refusal}${note}`);
+      audit(options, host, asSent, "refused", refusal);
+      return answer(refusal);
+    }
+    log(host, `opened ${quoted(url)} with ${program} (pid ${child.pid}${how})${note}`);
+    audit(options, host, asSent, "opened", undefined, url);
     if (options.notifier) notify(options.notifier, host, url);
     answer();
-  });
-  child.on("error", (error) => {
-    log(host, `cannot open ${quoted(url)}: cannot run "${program}": ${error.message}`);
-    audit(options, host, url, "refused", `cannot run the opener "${program}"`);
-    answer(`the desktop cannot run its opener "${program}"`);
-  });
+  };
+  const waiting = setTimeout(() => decide(undefined, `, still running after ${OPENER_WAIT_MS / 1000} s`), OPENER_WAIT_MS);
+  child.on("error", (error) => decide(`the desktop cannot run its opener "${program}" (${error.message}): ` +
+    "choose one with server.ts --browser PROGRAM or URLSERVER_BROWSER"));
   child.on("exit", (code, signal) => {
+    decide(code === 0 ? undefined : `the desktop's opener "${program}" failed (${signal ?? `exit ${code}`})`, ", exit 0");
     log(host, `${program} (pid ${child.pid}) exited with ${signal ?? `status ${code}`}`);
   });
   child.unref();
@@ -1274,8 +1319,9 @@ function notify(notifier: string[], host: string, url: string): void {
 }
 
 // One JSON line per URL, appended: the file is never truncated or rewritten.
-function audit(options: Options, host: string, url: string, decision: string, reason?: string): void {
-  appendAuditEntry(options, host, { url, decision, ...(reason ? { reason } : {}) });
+// A URL opened on another desktop port than it named has that one as "opened".
+function audit(options: Options, host: string, url: string, decision: string, reason?: string, opened = url): void {
+  appendAuditEntry(options, host, { url, decision, ...(reason ? { reason } : {}), ...(opened !== url ? { opened } : {}) });
 }
 
 // Each entry stays one line under any line splitter: JSON.stringify leaves

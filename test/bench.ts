@@ -13,6 +13,10 @@
 // end (socket, client, channel, server, opener started) over one connection
 // and over 20, beside socat relaying the same lines from a Unix socket to a
 // pipe; and the client's peak memory after a burst of 10,000 URLs.
+// Then the server's memory with 100 hosts connected (through an ssh that
+// runs a minimal remote client, as sh, here), beside one host. Then each
+// flood of test/floods.test.ts held for 20 s (BENCH_FLOOD_HOLD_MS), with the
+// memory and log figures that test reports.
 // Not a test: it asserts nothing, it reports. BENCH_PATHS=deno,bun picks
 // paths by the start of their names; BENCH_PATHS=none skips to throughput.
 // BENCH_NODES=/path/to/node,... adds a path per Node binary (such as a 22.x
@@ -157,6 +161,62 @@ async function socatRelay(dir: string, count: number): Promise<number> {
   return count / seconds;
 }
 
+/**
+ * The server's RSS with one host and with 100 connected, through an "ssh"
+ * (sh) that runs the remote command here: a remote side that says hello and
+ * answers the heartbeat, as small as a client can be.
+ */
+async function manyHosts(dir: string): Promise<string> {
+  const ssh = join(dir, "sh-ssh");
+  writeFileSync(ssh, '#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done\nexec sh -c "$3"\n', { mode: 0o755 });
+  const remote = 'echo "hello urlserver/1 runtime=sh pid=$$ socket=x"; while read -r line; do [ "$line" = ping ] && echo pong; done';
+  const rssWith = async (count: number) => {
+    const hosts = Array.from({ length: count }, (_, i) => `host${i}`);
+    const server = spawn(process.execPath, ["--import", "tsx", join(ROOT, "server.ts"), "--ssh", ssh, "--remote-command", remote,
+      "--no-forward-loopback", ...hosts], { cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+    try {
+      let connected = 0;
+      let said = "";
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${connected} of ${count} hosts connected within 60 s`)), 60_000);
+        server.stderr.setEncoding("utf8");
+        server.stderr.on("data", (chunk: string) => {
+          said = (said + chunk).slice(-2000);
+          connected += chunk.split(": connected: ").length - 1;
+          if (connected === count) { clearTimeout(timer); resolve(); }
+        });
+        server.on("exit", () => reject(new Error(`the server exited: ${said}`)));
+      });
+      return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${server.pid}/status`, "utf8"))![1]) / 1024;
+    } finally {
+      server.kill("SIGTERM");
+    }
+  };
+  const one = await rssWith(1);
+  const hundred = await rssWith(100);
+  return ["", row(["server RSS (Node 20 with tsx)", "MiB"]), row(["---", "---:"]),
+    row(["1 host connected", one]), row(["100 hosts connected", hundred]), row(["per host", (hundred - one) / 99])].join("\n");
+}
+
+/** test/floods.test.ts with each flood held longer, and what it measured. */
+function floods(): string {
+  const hold = process.env.BENCH_FLOOD_HOLD_MS ?? "20000";
+  const run = spawnSync(process.execPath, ["--import", "tsx", "--test", "--test-reporter=tap", join(ROOT, "test/floods.test.ts")],
+    { cwd: ROOT, env: { ...process.env, FLOOD_HOLD_MS: hold }, encoding: "utf8", timeout: 600_000 });
+  const lines = ["", `floods (test/floods.test.ts, each held ${Number(hold) / 1000} s; bound: 64 MiB of peak growth)`, "",
+    row(["flood", "measured", "bound"]), row(["---", "---", "---"])];
+  // node:test's TAP prints a test's diagnostics after its verdict.
+  const floods: Array<{ name: string; held: boolean; measured: string[] }> = [];
+  for (const line of run.stdout.split("\n")) {
+    const verdict = /^(ok|not ok) \d+ - ([^:;]*)/.exec(line);
+    if (verdict) floods.push({ name: verdict[2], held: verdict[1] === "ok", measured: [] });
+    const diagnostic = /^# ((server|client): RSS .*|--log grew .*|the terminal got .*)$/.exec(line);
+    if (diagnostic && floods.length > 0) floods.at(-1)!.measured.push(diagnostic[1]);
+  }
+  for (const { name, held, measured } of floods) lines.push(row([name, measured.join("; "), held ? "held" : "NOT HELD"]));
+  return lines.join("\n");
+}
+
 function peakRss(pid: number): number {
   return Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
 }
@@ -227,6 +287,8 @@ async function main(): Promise<number> {
       row(["floor: socat relaying 10,000 lines from a Unix socket to a pipe", floor.toFixed(0)]),
       "", `client peak RSS (VmHWM) after the runs above: ${peakRss(clientPid).toFixed(1)} MiB`);
     process.stdout.write(`${lines.join("\n")}\n`);
+    if (process.env.BENCH_HOSTS !== "0") process.stdout.write(`${await manyHosts(dir)}\n`);
+    if (process.env.BENCH_FLOODS !== "0") process.stdout.write(`${floods()}\n`);
     return 0;
   } finally {
     server.kill("SIGTERM");

@@ -7,7 +7,7 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
-import { isAlive, killIfAlive, opened, send, startSession, tempDir, waitUntil, notOpened } from "./helpers.ts";
+import { isAlive, killIfAlive, needs, opened, send, start, startSession, tempDir, waitForExit, waitUntil, notOpened } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 
 /** Writes lines on one raw connection, half-closes, and returns the answers. */
@@ -104,9 +104,71 @@ test("an opener that keeps running and prints does not hold up the answer nor re
   assert.doesNotMatch(session.server.stderr.text(), /OPENER-NOISE/);
 });
 
-test("an opener that cannot be run is a refusal with a reason, exit 65", { timeout: 20_000 }, async (t) => {
+test("an opener that cannot be run is a refusal saying how to choose another, exit 65", { timeout: 20_000 }, async (t) => {
   const session = await startSession(t, ["--browser", "/nonexistent/browser"]);
   const result = await send(t, session, ["https://example.org/x"]);
   assert.equal(result.code, 65);
-  assert.equal(result.stderr, notOpened(['send: refused "https://example.org/x": the desktop cannot run its opener "/nonexistent/browser"'], ["https://example.org/x"]));
+  assert.equal(result.stderr, notOpened(['send: refused "https://example.org/x": the desktop cannot run its opener "/nonexistent/browser" ' +
+    "(spawn /nonexistent/browser ENOENT): choose one with server.ts --browser PROGRAM or URLSERVER_BROWSER"], ["https://example.org/x"]));
 });
+
+test("an opener that fails (xdg-open finding no browser exits 3) is a refusal with its status, not ok; logged and audited", { timeout: 20_000 }, async (t) => {
+  const dir = tempDir(t);
+  const failing = join(dir, "xdg-open");
+  writeFileSync(failing, "#!/bin/sh\necho 'xdg-open: no method available for opening' >&2\nexit 3\n");
+  chmodSync(failing, 0o755);
+  const log = join(dir, "urls.log");
+  const session = await startSession(t, ["--browser", failing, "--log", log], { dir });
+  const result = await send(t, session, ["https://example.org/nowhere"]);
+  assert.equal(result.code, 65);
+  const reason = `the desktop's opener "${failing}" failed (exit 3)`;
+  assert.equal(result.stderr, notOpened([`send: refused "https://example.org/nowhere": ${reason}`], ["https://example.org/nowhere"]));
+  assert.match(session.server.stderr.text(), new RegExp(`testhost: cannot open "https://example.org/nowhere": ${reason.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}`));
+  const [entry] = readFileSync(log, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line));
+  assert.deepEqual([entry.decision, entry.reason], ["refused", reason]);
+});
+
+test("an opener still running after 1 s (a browser in the foreground) counts as opened: ok within 1.5 s", { timeout: 20_000 }, async (t) => {
+  const dir = tempDir(t);
+  const foreground = join(dir, "browser");
+  writeFileSync(foreground, `#!/bin/sh\necho $$ >> ${join(dir, "pids")}\nexec sleep 30\n`);
+  chmodSync(foreground, 0o755);
+  const session = await startSession(t, ["--browser", foreground], { dir });
+  const sent = performance.now();
+  const answers = await rawExchange(session.socket, ["https://example.org/foreground"]);
+  const ms = performance.now() - sent;
+  for (const pid of readFileSync(join(dir, "pids"), "utf8").split("\n").filter(Boolean)) t.after(() => killIfAlive(Number(pid)));
+  assert.deepEqual(answers, ["ok"]);
+  t.diagnostic(`ok after ${Math.round(ms)} ms`);
+  assert.ok(ms >= 1000 && ms < 1500, `ok after ${Math.round(ms)} ms`);
+  assert.match(session.server.stderr.text(), /testhost: opened "https:\/\/example.org\/foreground" with \S+ \(pid \d+, still running after 1 s\)/);
+});
+
+/** Where a program is on PATH, or undefined. */
+function onPath(program: string): string | undefined {
+  return (process.env.PATH ?? "").split(":").map((dir) => join(dir, program)).find((path) => existsSync(path));
+}
+
+// The one-liners people already use as a remote shim (superbrothers/opener's
+// is the nc one). OpenBSD's nc never half-closes when its input ends: the
+// client ends the connection once the line has its answer.
+for (const [tool, packageName, command] of [
+  ["nc", "netcat-openbsd", 'echo "$URL" | nc -U "$SOCK"'],
+  ["socat", "socat", 'echo "$URL" | socat - UNIX-CONNECT:"$SOCK"'],
+] as const) {
+  test(`the one-liner \`${command}\` gets "ok" and ends within a second; the URL opens once`, { timeout: 20_000 }, async (t) => {
+    if (!needs(t, onPath(tool) ? undefined : `${tool} (Debian: ${packageName})`)) return;
+    const session = await startSession(t);
+    const url = `https://example.org/one-liner/${tool}`;
+    const started = performance.now();
+    const oneLiner = start(t, tool, "sh", ["-c", command], { env: { URL: url, SOCK: session.socket }, stdin: "ignore" });
+    const exit = await waitForExit(oneLiner, 5000, command);
+    const ms = performance.now() - started;
+    t.diagnostic(`${tool} ended after ${Math.round(ms)} ms`);
+    assert.equal(exit.code, 0, oneLiner.stderr.text());
+    await waitUntil(() => oneLiner.stdout.ended, 2000, `${tool}'s output to end`);
+    assert.equal(oneLiner.stdout.text(), "ok");
+    assert.ok(ms < 1000, `${tool} took ${Math.round(ms)} ms`);
+    await assertOpenedExactly(session, [url]);
+  });
+}

@@ -62,6 +62,7 @@ for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]
     process.kill(session.server.pid, signal);
     const exit = await serverExitsWithin(t, session, signalled, PROMPT_MS);
     assert.equal(exit.code, code);
+    assert.match(session.server.stderr.text(), new RegExp(`\\dZ stopping: ${signal}$`, "m"), "the server did not say why it stopped");
     await clientExitsWithin(t, session, signalled, PROMPT_MS);
     assert.equal(isAlive(session.sshPid), false, "ssh left running");
     assert.deepEqual(controlDirectories(session.dir), [], "control directory left behind");

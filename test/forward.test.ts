@@ -233,7 +233,7 @@ test("over real ssh: a loopback callback URL reaches the remote host's server th
   await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
   assert.deepEqual(forwarding.fetched(), [{ url, target: url, status: 200, body: TOKEN }]);
   assert.match(session.server.stderr.text(),
-    /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8123\/callback\?code=abc" with \S+fetch-browser\.mjs \(pid \d+\), port 8123 forwarded$/m);
+    /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8123\/callback\?code=abc" with \S+fetch-browser\.mjs \(pid \d+, exit 0\), port 8123 forwarded$/m);
 });
 
 test("over real ssh: an [::1] URL is forwarded from the desktop's ::1, where the browser connects, to the remote host's ::1", { timeout: 40_000 }, async (t) => {
@@ -305,7 +305,7 @@ test("over real ssh: an http authorization URL, an oauth_callback and every redi
   ]);
   // The browser follows the first redirect_uri; the second is forwarded all the same.
   assert.equal((await fetchOnDesktop(t, forwarding, 8146)).body, `${TOKEN}-8146`);
-  assert.match(session.server.stderr.text(), /Z sshd-host: opened "https:\/\/auth\.example\/authorize\?redirect_uri=\S+" with \S+ \(pid \d+\), port 8145 forwarded, port 8146 forwarded$/m);
+  assert.match(session.server.stderr.text(), /Z sshd-host: opened "https:\/\/auth\.example\/authorize\?redirect_uri=\S+" with \S+ \(pid \d+, exit 0\), port 8145 forwarded, port 8146 forwarded$/m);
 });
 
 test("over real ssh: a direct URL whose desktop port is taken opens on another, rewritten in its port alone; an OAuth redirect to that port is refused", { timeout: 40_000 }, async (t) => {
@@ -321,7 +321,7 @@ test("over real ssh: a direct URL whose desktop port is taken opens on another, 
   await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
   const moved = "http://127.0.0.1:8126/callback?code=abc";
   assert.deepEqual(forwarding.fetched(), [{ url: moved, target: moved, status: 200, body: TOKEN }]);
-  assert.match(session.server.stderr.text(), new RegExp(`Z sshd-host: opened "${escapeRegExp(moved)}" with \\S+fetch-browser\\.mjs \\(pid \\d+\\), ` +
+  assert.match(session.server.stderr.text(), new RegExp(`Z sshd-host: opened "${escapeRegExp(moved)}" with \\S+fetch-browser\\.mjs \\(pid \\d+, exit 0\\), ` +
     "desktop port 8125 is in use: forwarded desktop port 8126 to remote port 8125$", "m"));
 
   // Later URLs to the same remote port: the same desktop port.
@@ -329,7 +329,7 @@ test("over real ssh: a direct URL whose desktop port is taken opens on another, 
   assert.equal(again.code, 0, again.stderr);
   await waitUntil(() => forwarding.fetched().length === 2, 10_000, "the browser to fetch again");
   assert.deepEqual(forwarding.fetched()[1], { url: "http://127.0.0.1:8126/again", target: "http://127.0.0.1:8126/again", status: 200, body: TOKEN });
-  assert.match(session.server.stderr.text(), /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8126\/again" with \S+ \(pid \d+\), desktop port 8126 already forwarded to remote port 8125$/m);
+  assert.match(session.server.stderr.text(), /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8126\/again" with \S+ \(pid \d+, exit 0\), desktop port 8126 already forwarded to remote port 8125$/m);
 
   // A provider redirects to exactly the registered port: no other will do.
   const oauth = "https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8125%2Fcb";
@@ -356,7 +356,7 @@ test("over real ssh: localhost is forwarded on 127.0.0.1 and ::1; with the deskt
   const url = "http://localhost:8150/?token=abc";
   const result = await sendFromRemote(t, forwarding, [url]);
   assert.equal(result.code, 0, result.stderr);
-  assert.match(session.server.stderr.text(), /Z sshd-host: opened "http:\/\/localhost:8151\/\?token=abc" with \S+ \(pid \d+\), desktop port 8150 is in use: forwarded desktop port 8151 to remote port 8150$/m);
+  assert.match(session.server.stderr.text(), /Z sshd-host: opened "http:\/\/localhost:8151\/\?token=abc" with \S+ \(pid \d+, exit 0\), desktop port 8150 is in use: forwarded desktop port 8151 to remote port 8150$/m);
   for (const address of ["127.0.0.1", "[::1]"]) assert.equal((await fetchOnDesktop(t, forwarding, 8151, address)).body, TOKEN, address);
   // Half a forward is none: 127.0.0.1:8150, free, was given back when ::1 turned out taken.
   assert.equal((await fetchOnDesktop(t, forwarding, 8150, "127.0.0.1")).error, "ECONNREFUSED");
@@ -478,9 +478,9 @@ test("over real ssh: two hosts cannot both have one desktop port: the second hos
   const oauthViaSecond = await sendInNamespace(t, sshd.namespace, { URLSERVER_SOCKET: join(sshd.dir, "sock2") }, [oauth]);
   assert.equal(oauthViaSecond.code, 65);
   assert.equal(oauthViaSecond.stderr, notOpened([`send: refused ${JSON.stringify(oauth)}: desktop port 8129 is in use`], [oauth]));
-  assert.match(server.stderr.text(), /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8129\/cb" with \S+ \(pid \d+\), port 8129 forwarded$/m);
+  assert.match(server.stderr.text(), /Z sshd-host: opened "http:\/\/127\.0\.0\.1:8129\/cb" with \S+ \(pid \d+, exit 0\), port 8129 forwarded$/m);
   assert.match(server.stderr.text(),
-    /Z sshd-host2: opened "http:\/\/127\.0\.0\.1:8130\/cb" with \S+ \(pid \d+\), desktop port 8129 is in use: forwarded desktop port 8130 to remote port 8129$/m);
+    /Z sshd-host2: opened "http:\/\/127\.0\.0\.1:8130\/cb" with \S+ \(pid \d+, exit 0\), desktop port 8129 is in use: forwarded desktop port 8130 to remote port 8129$/m);
   assert.match(server.stderr.text(), /Z sshd-host2: refused "https:\/\/auth\.example\/authorize\?redirect_uri=\S+": desktop port 8129 is in use$/m);
 });
 

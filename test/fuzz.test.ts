@@ -93,12 +93,10 @@ function isLoopbackUrl(url: string, viaRedirect = true): boolean {
   if (!["http:", "https:"].includes(parsed.protocol)) return false;
   const name = parsed.hostname.replace(/\.$/, "");
   if (name === "localhost" || name.endsWith(".localhost") || /^127\.\d+\.\d+\.\d+$/.test(name)) return true;
-  if (["0.0.0.0", "[::1]", "[::]", "[::ffff:7f00:1]"].includes(parsed.hostname)) return true;
-  if (!viaRedirect || parsed.protocol !== "https:") return false;
-  return ["redirect_uri", "redirect_url"].some((name) => {
-    const redirect = parsed.searchParams.get(name);
-    return redirect !== null && URL.canParse(redirect) && isLoopbackUrl(redirect, false);
-  });
+  if (["0.0.0.0", "[::1]", "[::]", "[::ffff:0:0]"].includes(parsed.hostname) || /^\[::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}\]$/.test(parsed.hostname)) return true;
+  if (!viaRedirect) return false;
+  return ["redirect_uri", "redirect_url", "oauth_callback"].some((name) =>
+    parsed.searchParams.getAll(name).some((redirect) => URL.canParse(redirect) && isLoopbackUrl(redirect, false)));
 }
 
 /** The URL that a line's bytes carry (one CR before the LF dropped), if the policy lets it be opened. */
@@ -134,7 +132,9 @@ function predictSocket(payload: Buffer, ending: Ending): SocketPrediction {
   const tail = payload.length - start;
   if (tail > MAX_SOCKET_LINE_BYTES) return { answers: [...answers, TOO_LONG], closedByClient: true, urls };
   if (ending === "end") return { answers: tail > 0 ? [...answers, INCOMPLETE] : answers, closedByClient: true, urls };
-  if (ending === "idle") return { answers: [...answers, IDLE], closedByClient: true, urls };
+  // A connection whose lines all have their answers, with nothing more
+  // buffered, is ended without an error; one with a partial line waits 10 s.
+  if (ending === "idle") return { answers: tail === 0 && answers.length > 0 ? answers : [...answers, IDLE], closedByClient: true, urls };
   return { answers, closedByClient: false, urls };
 }
 

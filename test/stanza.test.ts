@@ -23,9 +23,9 @@ test("the exit stanza is identical in server.ts, client.ts and send.ts", { timeo
   assert.equal(send, server, "send.ts differs from server.ts");
 });
 
-test("the stanza handles what it is there for: HUP, INT, TERM, EPIPE, crashes", { timeout: 5000 }, () => {
+test("the stanza handles what it is there for: HUP, INT, QUIT, TERM, EPIPE, crashes", { timeout: 5000 }, () => {
   const stanza = stanzaOf("server.ts");
-  for (const needed of ['"SIGHUP"', '"SIGINT"', '"SIGTERM"', "process.stdout.on(\"error\"", "process.stderr.on(\"error\"",
+  for (const needed of ['"SIGHUP"', '"SIGINT"', '"SIGQUIT"', '"SIGTERM"', '"EPIPE"',
     '"uncaughtException"', '"unhandledRejection"', "process.exit(code)"]) {
     assert.ok(stanza.includes(needed), `stanza lacks ${needed}`);
   }
