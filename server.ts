@@ -763,7 +763,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
     readLines(child.stderr, MAX_REMOTE_LINE_BYTES, (line, length) => {
       const text = printable(cut(line, length, MAX_REMOTE_LINE_BYTES));
       if (!beforeHello.hold(text, "stderr") && state.budget.allows("remote")) log(host, `remote: ${text}`);
-    });
+    }, true);
     child.stderr.on("end", () => beforeHello.stderrEnded());
     readLines(child.stdout, MAX_CHANNEL_LINE_BYTES, (line, length) => {
       if (length > MAX_CHANNEL_LINE_BYTES) session.onLine(line.subarray(0, LINE_HEAD_BYTES).toString(), `a ${length}-byte line is too long`);
@@ -907,8 +907,10 @@ function writeWithBackpressure(child: ChildProcessWithoutNullStreams): (line: st
 
 // Splits a stream into lines without ever holding more than maxBytes of one:
 // of a longer line only the start is kept, and its whole length is counted.
-// onLine gets the line (or its start) and the line's length in bytes.
-function readLines(stream: Readable, maxBytes: number, onLine: (line: Buffer, length: number) => void): void {
+// onLine gets the line (or its start) and the line's length in bytes. A last
+// line without its newline is passed on only if lastLineUnended: text for
+// people is, a message on the channel may have been cut short and is not.
+function readLines(stream: Readable, maxBytes: number, onLine: (line: Buffer, length: number) => void, lastLineUnended = false): void {
   let buffered: Buffer = Buffer.alloc(0);
   let dropped = 0;
   stream.on("data", (chunk: Buffer) => {
@@ -928,6 +930,9 @@ function readLines(stream: Readable, maxBytes: number, onLine: (line: Buffer, le
     const room = Math.max(0, maxBytes - buffered.length);
     if (rest.length > 0 && room > 0) buffered = Buffer.concat([buffered, rest.subarray(0, room)]);
     dropped += Math.max(0, rest.length - room);
+  });
+  stream.on("end", () => {
+    if (lastLineUnended && buffered.length > 0) onLine(buffered, dropped + buffered.length);
   });
 }
 

@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, run, startScript, tempDir, waitForExit } from "./helpers.ts";
+import { CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, run, startScript, tempDir, waitForExit, waitUntil } from "./helpers.ts";
 import { startSshd } from "./fixtures/sshd.ts";
 
 /** server.ts's stderr without the time at the start of each line. */
@@ -89,4 +89,12 @@ test("over real ssh: client.ts missing from the remote home, one line naming ser
   const result = await run(t, "server.ts", ["--ssh", sshd.sshWrapper, "--browser", FAKE_BROWSER, sshd.host]);
   assert.equal(result.code, 69, result.stderr);
   assert.deepEqual(untimed(result.stderr), [`${sshd.host}: client.ts is not in the remote home directory: run "server.ts --install ${sshd.host}"`]);
+});
+
+test("the remote's last stderr line is shown even without its newline", { timeout: 20_000 }, async (t) => {
+  const server = startScript(t, "server.ts", ["--ssh", FAKE_SSH, "--remote-command", "printf 'no newline at the end' >&2; exit 3", "host"]);
+  const exit = await waitForExit(server, 10_000, "server");
+  assert.equal(exit.code, 69);
+  await waitUntil(() => server.stderr.ended, 2000, "the server's stderr to end");
+  assert.match(server.stderr.text(), /host: cannot start the client: the remote command exited 3: no newline at the end$/m);
 });
