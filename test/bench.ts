@@ -195,7 +195,8 @@ async function manyHosts(dir: string): Promise<string> {
   const one = await rssWith(1);
   const hundred = await rssWith(100);
   return ["", row(["server RSS (Node 20 with tsx)", "MiB"]), row(["---", "---:"]),
-    row(["1 host connected", one]), row(["100 hosts connected", hundred]), row(["per host", (hundred - one) / 99])].join("\n");
+    row(["1 host connected", one]), row(["100 hosts connected", hundred]),
+    row(["each host beyond the first", `${(((hundred - one) / 99) * 1024).toFixed(0)} KiB`])].join("\n");
 }
 
 /** test/floods.test.ts with each flood held longer, and what it measured. */
