@@ -62,7 +62,7 @@ was sent), 128+N ended by signal N
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
-const VERSION = "0.2.0";
+const VERSION = "0.3.0";
 // The runtime the first lines picked, and how it reads TypeScript: --version
 // says it (server.ts --install reports it from each host), so does the hello.
 function runtimeName(): string {
