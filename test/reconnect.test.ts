@@ -135,21 +135,27 @@ describe("--reconnect", { concurrency: true }, () => {
       const server = startScript(t, "server.ts", ["--reconnect", "--ssh", FAKE_SSH, "build1"],
         { env: { FAKE_SSH_FAIL: refused, FAKE_SSH_LOG: sshLog } });
       const summary = await server.stderr.waitFor(/ build1: still unreachable after /, 75_000);
-      assert.match(summary, new RegExp(`Z build1: still unreachable after 1 min( \\d+ s)? \\(attempt 1[01]\\): ${refused}$`));
+      assert.match(summary, new RegExp(`Z build1: still unreachable after 1 min( \\d+ s)? \\(attempt \\d+\\): ${refused}$`));
+      // At most as many attempts as the spacing allows in that minute.
+      assert.ok(Number(/attempt (\d+)/.exec(summary)![1]) <= 11, summary);
       // When each ssh was started, in clock ticks (100 a second on Linux).
       const starts = readFileSync(sshLog, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line).startTicks as number);
       const gaps = starts.slice(1).map((at, i) => (at - starts[i]) / 100);
       t.diagnostic(`seconds between attempts: ${gaps.map((gap) => gap.toFixed(2)).join(", ")}`);
+      // Never sooner than the promised spacing (the host's load); how much
+      // later depends on this machine's load, so that is the bench's to say.
       [1, 2, 4, 8, 8, 8].forEach((spacing, i) => {
-        assert.ok(gaps[i] > spacing - 0.05 && gaps[i] < spacing + 0.3, `attempt ${i + 2} came ${gaps[i]} s after the one before, not ${spacing} s`);
+        assert.ok(gaps[i] > spacing - 0.05, `attempt ${i + 2} came ${gaps[i]} s after the one before, sooner than ${spacing} s`);
       });
-      // The waits are what is left of the spacing once ssh has failed.
       const failed = (rest: string) => new RegExp(`^\\S+Z build1: cannot connect: ssh exited 255: ${refused} ${rest}$`);
       const lines = server.stderr.seen;
       assert.equal(lines.length, 4, lines.join("\n"));
-      assert.match(lines[0], failed("\\(attempt 1, again in (0\\.\\d|1) s\\)"));
-      assert.match(lines[1], failed("\\(attempt 2, again in [12] s\\)"));
-      assert.match(lines[2], failed("\\(attempt 3, again in [34] s; from now on a line now and then\\)"));
+      // The waits are what is left of the spacing: how much is left depends
+      // on how long ssh took to fail, which load can stretch.
+      const again = "again (in \\d+(\\.\\d)? s|at once)";
+      assert.match(lines[0], failed(`\\(attempt 1, ${again}\\)`));
+      assert.match(lines[1], failed(`\\(attempt 2, ${again}\\)`));
+      assert.match(lines[2], failed(`\\(attempt 3, ${again}; from now on a line now and then\\)`));
       assert.equal(lines[3], summary);
 
       // The summary is said as an attempt fails: the wait for the next has begun.
