@@ -1,6 +1,6 @@
 #!/bin/sh
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
-":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-run --allow-read --allow-write --allow-env --allow-sys "$s" "$@"
+":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-run --allow-read --allow-write --allow-env --allow-sys --allow-net "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
 ":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
 ":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
@@ -17,7 +17,7 @@
 //   ./server.ts HOST                             the first runtime found (above)
 //   npx tsx server.ts HOST                       Node 20+ with tsx
 //   node server.ts HOST                          Node 22.18+ (type stripping)
-//   deno run --allow-run --allow-read --allow-write --allow-env --allow-sys server.ts HOST
+//   deno run --allow-run --allow-read --allow-write --allow-env --allow-sys --allow-net server.ts HOST
 //   bun server.ts HOST
 //   ./server.ts --install HOST                   put client.ts, send.ts on HOST
 //
@@ -28,8 +28,10 @@
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync } from "node:fs";
-import { connect } from "node:net";
+import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, statSync } from "node:fs";
+import { lookup } from "node:dns";
+import { connect, createServer } from "node:net";
+import type { Server, Socket } from "node:net";
 import { hostname, networkInterfaces, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Readable } from "node:stream";
@@ -69,6 +71,9 @@ Options:
                          (localhost, 127.x.y.z, [::1] and the other forms in
                          the README, or such a redirect_uri or oauth_callback)
                          instead of forwarding their port over the connection
+  --forward-idle SECONDS how long a forwarded port is kept without a
+                         connection, 1 to 86400; a callback's port goes once
+                         its callback is served (default: 600)
   --local                run client.ts from beside this script on this
                          machine, without ssh (one HOST, used as a label)
   --install              instead of serving: put client.ts and send.ts from
@@ -155,6 +160,10 @@ const MIN_FORWARDED_PORT = 1024;
 const OPENER_WAIT_MS = 1000;
 // An ssh master that does not answer within this long is not going to.
 const FORWARD_TIMEOUT_MS = 10_000;
+// How long a forward is kept without a connection through it, by default
+// and at most (--forward-idle).
+const DEFAULT_FORWARD_IDLE_SECONDS = 600;
+const MAX_FORWARD_IDLE_SECONDS = 86_400;
 // What one connection may have the desktop listen on, at most.
 const MAX_FORWARDED_PORTS = 32;
 // How far above a busy desktop port a direct loopback URL's new port is looked for.
@@ -212,6 +221,8 @@ type Options = {
   install: boolean;
   /** Why loopback URLs' ports are not forwarded, if they are not. */
   noForwardReason?: string;
+  /** How long a forward is kept with no connection through it. */
+  forwardIdleSeconds: number;
   /** Where the ssh masters' control sockets live; only when loopback ports are forwarded. */
   controlDirectory?: string;
 };
@@ -254,6 +265,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const live = new Set<ChildProcess>();
   cleanups.push(() => live.forEach((child) => child.kill("SIGTERM")));
+  process.on("SIGUSR1", logLiveForwards);
   const serving = options.hosts.map((host) => serveHost(host, options, live));
   // Pushed last, so said first: a server ended by a signal says so.
   cleanups.push((signal) => {
@@ -282,6 +294,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       local: { type: "boolean", default: false },
       install: { type: "boolean", default: false },
       "no-forward-loopback": { type: "boolean", default: false },
+      "forward-idle": { type: "string", default: String(DEFAULT_FORWARD_IDLE_SECONDS) },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean" },
     },
@@ -313,6 +326,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     local: values.local,
     install: values.install,
     noForwardReason: values["no-forward-loopback"] ? "--no-forward-loopback is set" : DESKTOP.noMultiplexing,
+    forwardIdleSeconds: forwardIdleSeconds(values["forward-idle"]),
   };
 }
 
@@ -328,6 +342,14 @@ function keepaliveSeconds(text: string): number {
   const seconds = Number(text);
   if (text.trim() === "" || !(seconds >= 1 && seconds <= MAX_KEEPALIVE_SECONDS)) {
     throw new Error(`--keepalive needs a number of seconds from 1 to ${MAX_KEEPALIVE_SECONDS}, not "${text}"`);
+  }
+  return seconds;
+}
+
+function forwardIdleSeconds(text: string): number {
+  const seconds = Number(text);
+  if (text.trim() === "" || !(seconds >= 1 && seconds <= MAX_FORWARD_IDLE_SECONDS)) {
+    throw new Error(`--forward-idle needs a number of seconds from 1 to ${MAX_FORWARD_IDLE_SECONDS}, not "${text}"`);
   }
   return seconds;
 }
@@ -972,6 +994,7 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
   const stop = () => {
     clearInterval(pinger);
     clearTimeout(silenceTimer);
+    forwarder?.stop();
   };
 
   const onLine = (line: string, problem?: string) => {
@@ -1004,25 +1027,46 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
     }
   };
 
-  // answer() with no reason means opened.
+  // answer() with no reason means opened. A URL that names a host the
+  // desktop must look up (to know whether it is its own loopback) spends its
+  // rate token before the lookup, so that a flood costs no lookups.
   const openRequested = (url: string, answer: (refusal?: string) => void) => {
     const refusal = refusalReason(url, options.schemes);
     if (refusal) return refuse(url, refusal, answer);
     // Through --local the remote host is this one: its loopback is ours.
-    const loopback = options.local ? undefined : loopbackTargets(url);
+    if (options.local) return admit(url, undefined, answer);
+    const { known, unknown } = namesToResolve(url);
+    if (unknown.length > MAX_NAMES_RESOLVED) {
+      return refuse(url, `its redirect parameters name more than ${MAX_NAMES_RESOLVED} hosts to look up`, answer);
+    }
+    if (unknown.length === 0) return admit(url, loopbackTargets(url, known), answer);
+    if (!state.takeToken()) return refuse(url, rateLimited, answer, "rate limited");
+    resolveNames(unknown).then((resolved) => admit(url, loopbackTargets(url, new Map([...known, ...resolved])), answer, true), crash);
+  };
+
+  const admit = (url: string, loopback: LoopbackUrl | undefined, answer: (refusal?: string) => void, tokenTaken = false) => {
+    const targets = loopback ? [loopback.direct, ...loopback.redirects].filter((target) => target !== undefined) : [];
     // Never opened against the desktop's own loopback: forwarded, or refused.
-    const privileged = loopback && [loopback.direct, ...loopback.redirects].find((target) => target && target.port < MIN_FORWARDED_PORT);
+    if (targets.some((target) => target.desktop.length === 0)) {
+      return refuse(url, "it names this desktop by its own host name, which does not resolve to a loopback address here", answer);
+    }
+    const privileged = targets.find((target) => target.port < MIN_FORWARDED_PORT);
     if (privileged) {
       return refuse(url, `loopback URL: its port ${privileged.port} is on the remote host, and ports below ${MIN_FORWARDED_PORT} are not forwarded`, answer);
     }
     if (loopback && !forwarder) {
       return refuse(url, `loopback URL: its port is on the remote host, and ${options.noForwardReason}`, answer);
     }
-    if (!state.takeToken()) return refuse(url, rateLimited, answer, "rate limited");
+    if (!tokenTaken && !state.takeToken()) return refuse(url, rateLimited, answer, "rate limited");
     if (!loopback || !forwarder) return openUrl(url, host, options, answer);
-    forwarder(url, loopback).then((forwarded) => {
+    forwarder.forward(url, loopback).then((forwarded) => {
       if ("refusal" in forwarded) return refuse(url, forwarded.refusal, answer);
-      openUrl(forwarded.url, host, options, answer, forwarded.note, url);
+      // What a URL forwarded goes with it when the opener refuses it.
+      const undoing = (refusal?: string) => {
+        if (refusal !== undefined) forwarded.undo("its URL was refused");
+        answer(refusal);
+      };
+      openUrl(forwarded.url, host, options, undoing, forwarded.note, url);
     }, crash);
   };
 
@@ -1038,8 +1082,11 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
     answer(refusal);
   };
 
-  // This connection's forwards; none under --no-forward-loopback.
-  const forwarder = master.controlPath ? loopbackForwarder(options.ssh, master.controlPath, host, master.live) : undefined;
+  // This connection's forwards; none under --no-forward-loopback. The client
+  // hears of every change, for send.ts --status.
+  const forwarder = master.controlPath
+    ? loopbackForwarder(options, host, { controlPath: master.controlPath, live: master.live }, (list) => send(`forwards ${list}`))
+    : undefined;
   return { onLine, stop };
 }
 
@@ -1082,33 +1129,42 @@ const IPV4_LOOPBACK = /^127(\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){3}$/;
 // ::ffff:127.x.y.z, as the parser writes it: a connection to it is one to 127.x.y.z.
 const MAPPED_IPV4_LOOPBACK = /^\[::ffff:7f([0-9a-f]{2}):([0-9a-f]{1,4})\]$/;
 
-/** The remote loopback targets a URL leads the browser to, or undefined for a URL that leads to none. */
-export function loopbackTargets(url: string): LoopbackUrl | undefined {
+/**
+ * The remote loopback targets a URL leads the browser to, or undefined for a
+ * URL that leads to none. names: other names that lead to the desktop's
+ * loopback, with the loopback addresses each resolves to on the desktop
+ * (none: the desktop's own name, on another address).
+ */
+export function loopbackTargets(url: string, names: Map<string, string[]> = new Map()): LoopbackUrl | undefined {
   const parsed = new URL(url);
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") return undefined;
   const redirects: LoopbackTarget[] = [];
   for (const value of REDIRECT_PARAMETERS.flatMap((name) => parsed.searchParams.getAll(name))) {
-    const target = URL.canParse(value) ? loopbackTarget(new URL(value)) : undefined;
+    const target = URL.canParse(value) ? loopbackTarget(new URL(value), names) : undefined;
     if (target && !redirects.some((known) => JSON.stringify(known) === JSON.stringify(target))) redirects.push(target);
   }
-  const direct = loopbackTarget(parsed);
+  const direct = loopbackTarget(parsed, names);
   if (!direct && redirects.length === 0) return undefined;
   return direct ? { direct, redirects } : { redirects };
 }
 
 // Only the port and which loopback address are taken from the URL, both
 // checked here: nothing else from the remote side becomes an ssh argument.
-function loopbackTarget(parsed: URL): LoopbackTarget | undefined {
+function loopbackTarget(parsed: URL, names: Map<string, string[]>): LoopbackTarget | undefined {
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") return undefined;
   const host = parsed.hostname;
   const name = host.endsWith(".") ? host.slice(0, -1) : host;
   const mapped = MAPPED_IPV4_LOOPBACK.exec(host);
   const ipv4 = mapped ? `127.${Number.parseInt(mapped[1], 16)}.${Number.parseInt(mapped[2], 16) >> 8}.${Number.parseInt(mapped[2], 16) & 255}` : host;
+  const resolved = names.get(name);
   // A name is resolved by the browser (Chromium and Firefox answer localhost
   // and *.localhost themselves) to both families, often ::1 first, and by sshd
   // on the remote side the same way. The unspecified addresses reach the
   // loopback of their family, and their program listens on every address.
+  // Another loopback name is forwarded where the desktop resolves it, to the
+  // remote host's localhost: the name itself never becomes an ssh argument.
   const where = name === "localhost" || name.endsWith(".localhost") ? { desktop: ["127.0.0.1", "[::1]"], remote: "localhost" }
+    : resolved ? { desktop: resolved, remote: "localhost" }
     : host === "0.0.0.0" || host === "[::ffff:0:0]" ? { desktop: ["127.0.0.1"], remote: "localhost" }
     : host === "[::]" ? { desktop: ["[::1]"], remote: "localhost" }
     : host === "[::1]" ? { desktop: ["[::1]"], remote: "[::1]" }
@@ -1120,26 +1176,240 @@ function loopbackTarget(parsed: URL): LoopbackTarget | undefined {
   return { port, ...where };
 }
 
-type Forwarded = { url: string; note: string } | { refusal: string };
+// Which names a URL (its host, its redirect targets' hosts) leads to that
+// are not loopback forms by their text alone: known, those the hosts file
+// maps to a loopback address; unknown, the rest, to be looked up. The
+// desktop's own host name is always one or the other.
+const NAME_LOOKUP_MS = 2000;
+const MAX_NAMES_RESOLVED = 4;
 
-// The forwards of one connection's ssh master, asked for one URL at a time so
-// that each decision sees the forwards before it; they last as long as the
-// connection. A desktop port taken by something else is a refusal, except for
-// a URL that itself leads to the remote loopback and carries no loopback
-// redirect target (a provider redirects to exactly the registered port): that
-// one is given another desktop port, as are later URLs to the same remote port.
-function loopbackForwarder(ssh: string, controlPath: string, host: string, live: Set<ChildProcess>) {
-  // Desktop "address:port" of each listener of this master, and the remote port it leads to.
-  const listening = new Map<string, number>();
+export function namesToResolve(url: string, hostsFile = HOSTS_FILE): { known: Map<string, string[]>; unknown: string[] } {
+  const parsed = new URL(url);
+  const values = REDIRECT_PARAMETERS.flatMap((name) => parsed.searchParams.getAll(name)).filter((value) => URL.canParse(value));
+  const hosts = [parsed, ...values.map((value) => new URL(value))]
+    .filter((each) => each.protocol === "http:" || each.protocol === "https:")
+    .map((each) => each.hostname.replace(/\.$/, ""))
+    .filter((name) => !/^(\[.*\]|[0-9.]+|localhost|.*\.localhost)$/.test(name));
+  const fromFile = hostsFileLoopbackNames(hostsFile);
+  const known = new Map<string, string[]>();
+  const unknown: string[] = [];
+  for (const name of new Set(hosts)) {
+    const addresses = fromFile.get(name);
+    if (addresses) known.set(name, addresses);
+    else unknown.push(name);
+  }
+  return { known, unknown };
+}
+
+// The loopback addresses each name resolves to on the desktop (its resolver:
+// the hosts file, DNS), as the URL forms forwards use; a name that resolves
+// to none, fails or takes longer than NAME_LOOKUP_MS gets none, and is not a
+// loopback name, except the desktop's own host name: it gets an empty list.
+export async function resolveNames(names: string[]): Promise<Map<string, string[]>> {
+  const own = hostname().toLowerCase().replace(/\.$/, "");
+  const found = await Promise.all(names.map(async (name) => [name, await lookedUp(name)] as const));
+  return new Map(found.filter(([name, addresses]) => addresses.length > 0 || name === own));
+}
+
+// A name's loopback forms, each lookup kept for NAME_CACHE_MS (the last
+// MAX_NAMES_CACHED names): a burst of URLs to one host costs one lookup, and
+// a resolver that is slow to fail (no network) slows only the first.
+const NAME_CACHE_MS = 10_000;
+const MAX_NAMES_CACHED = 256;
+const nameCache = new Map<string, { at: number; forms: Promise<string[]> }>();
+
+function lookedUp(name: string): Promise<string[]> {
+  const cached = nameCache.get(name);
+  if (cached && performance.now() - cached.at < NAME_CACHE_MS) return cached.forms;
+  nameCache.delete(name);
+  if (nameCache.size >= MAX_NAMES_CACHED) nameCache.delete(nameCache.keys().next().value!);
+  const forms = new Promise<string[]>((resolve) => {
+    const timer = setTimeout(() => resolve([]), NAME_LOOKUP_MS);
+    lookup(name, { all: true }, (error, addresses) => {
+      clearTimeout(timer);
+      resolve(error ? [] : loopbackForms(addresses.map((each) => each.address)));
+    });
+  });
+  nameCache.set(name, { at: performance.now(), forms });
+  return forms;
+}
+
+// 127.x.y.z, ::1 and ::ffff:127.x.y.z as a URL writes them; other addresses dropped.
+function loopbackForms(addresses: string[]): string[] {
+  const forms = addresses.map((address) => address.replace(/^::ffff:(?=[0-9.]+$)/i, ""))
+    .map((address) => IPV4_LOOPBACK.test(address) ? address : address === "::1" ? "[::1]" : undefined)
+    .filter((form) => form !== undefined);
+  return [...new Set(forms)];
+}
+
+// The hosts file, read again only when it changes (it can be megabytes of
+// blocked names): each name it maps to a loopback address, with those addresses.
+const HOSTS_FILE = "/etc/hosts";
+let hostsFileRead: { path: string; stamp: string; names: Map<string, string[]> } | undefined;
+
+function hostsFileLoopbackNames(path: string): Map<string, string[]> {
+  const info = statSync(path, { throwIfNoEntry: false });
+  const stamp = `${info?.ino}:${info?.size}:${info?.mtimeMs}`;
+  if (hostsFileRead?.path === path && hostsFileRead.stamp === stamp) return hostsFileRead.names;
+  const names = new Map<string, string[]>();
+  let text = "";
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    // No hosts file: no names from it.
+  }
+  for (const line of text.split("\n")) {
+    const [address, ...aliases] = line.replace(/#.*/, "").trim().split(/\s+/);
+    const [form] = loopbackForms([address]);
+    if (!form) continue;
+    for (const alias of aliases.map((each) => each.toLowerCase().replace(/\.$/, ""))) {
+      names.set(alias, [...new Set([...(names.get(alias) ?? []), form])]);
+    }
+  }
+  hostsFileRead = { path, stamp, names };
+  return names;
+}
+
+type Forwarded = { url: string; note: string; undo: (why: string) => void } | { refusal: string };
+
+// The forwards of one connection: desktop ports this server listens on
+// itself, on the loopback addresses a browser will connect to, carrying each
+// connection accepted there to the remote host's loopback through a relay:
+// a Unix socket in the private control directory that the connection's ssh
+// master forwards there (ssh -O forward -L PATH:REMOTE_ADDRESS:PORT). Owning
+// the listener is what lets a forward live only as long as the URL that
+// needed it (it sees every connection), without a process per connection
+// (ssh -W per connection was measured 12 times slower; see the README): one
+// made for a callback (a redirect target) is released once its callback has
+// been served (its first connection has come and gone), one made for a
+// direct URL once it has had no connection for --forward-idle, as is a
+// callback's that none reaches. Asked for one URL at a time, so that each
+// decision sees the forwards before it. A desktop port taken by something
+// else is a refusal, except for a URL that itself leads to the remote
+// loopback and carries no loopback redirect target (a provider redirects to
+// exactly the registered port): that one is given another desktop port, as
+// are later URLs to the same remote port while the forward lasts.
+const MAX_CARRIED_CONNECTIONS = 64;
+
+type Forward = {
+  desktopPort: number;
+  remotePort: number;
+  /** Desktop address: its listener, and what it connects to on the remote host. */
+  listeners: Map<string, { server: Server; remote: string }>;
+  /** Remote address: the master's Unix socket that leads there. */
+  relays: Map<string, string>;
+  /** The URL it was made for, as the log shows it. */
+  url: string;
+  /** Made for a redirect target only: released once its callback has been served. */
+  callback: boolean;
+  served: boolean;
+  connections: number;
+  idle?: ReturnType<typeof setTimeout>;
+};
+
+// Which desktop port a target was given, and which of its addresses the URL added there.
+type Placed = { forward: Forward; added: string[] };
+
+function loopbackForwarder(options: Options, host: string, master: { controlPath: string; live: Set<ChildProcess> },
+  changed: (list: string) => void) {
+  const forwards = new Map<number, Forward>();
   // Remote port, and the other desktop port a direct URL to it was given.
   const moved = new Map<number, number>();
   let queue: Promise<unknown> = Promise.resolve();
+  let carried = 0;
+  let relaysMade = 0;
+  let stopped = false;
+  const idleMs = options.forwardIdleSeconds * 1000;
 
-  const ask = (operation: "forward" | "cancel", address: string, desktopPort: number, target: LoopbackTarget) =>
-    askMaster(ssh, controlPath, host, operation, `${address}:${desktopPort}:${target.remote}:${target.port}`, desktopPort, live);
+  const tell = () => {
+    if (!stopped) changed(forwardList([...forwards.values()]));
+  };
 
-  // A desktop port that leads to the target, already forwarded or forwarded now.
-  const place = async (target: LoopbackTarget, movable: boolean): Promise<{ desktopPort: number; made: boolean } | { refusal: string }> => {
+  const arm = (forward: Forward) => {
+    clearTimeout(forward.idle);
+    forward.idle = setTimeout(() => release(forward, `no connection for ${duration(idleMs)}`), idleMs);
+  };
+
+  // Stops listening on addresses (all of them: the forward is gone); connections already carried finish.
+  const release = (forward: Forward, why: string, addresses = [...forward.listeners.keys()]) => {
+    if (addresses.length === 0) return;
+    const remote = forward.listeners.get(addresses[0])?.remote ?? "localhost";
+    for (const address of addresses) forward.listeners.get(address)?.server.close();
+    for (const address of addresses) forward.listeners.delete(address);
+    if (forward.listeners.size === 0) {
+      clearTimeout(forward.idle);
+      for (const [remote, path] of forward.relays) closeRelay(path, remote, forward.remotePort);
+      forward.relays.clear();
+      forwards.delete(forward.desktopPort);
+      if (moved.get(forward.remotePort) === forward.desktopPort) moved.delete(forward.remotePort);
+    }
+    recordForward(options, host, { what: "released", forward, addresses, remote, url: forward.url, why });
+    tell();
+  };
+
+  // The master's relay to remote:port, made now: a Unix socket in the private directory.
+  const openRelay = (forward: Forward, remote: string): Promise<MasterAnswer> => {
+    if (forward.relays.has(remote)) return Promise.resolve("done");
+    const path = `${master.controlPath}.${++relaysMade}`;
+    return askMaster(options.ssh, master.controlPath, host, "forward", `${path}:${remote}:${forward.remotePort}`, forward.desktopPort, master.live)
+      .then((answer) => {
+        if (answer === "done") forward.relays.set(remote, path);
+        return answer;
+      });
+  };
+
+  // Once the connection has ended, its master and relays are gone with it.
+  const closeRelay = (path: string, remote: string, remotePort: number) => {
+    if (stopped) return;
+    askMaster(options.ssh, master.controlPath, host, "cancel", `${path}:${remote}:${remotePort}`, remotePort, master.live)
+      .then(() => rmSync(path, { force: true }), crash);
+  };
+
+  // A connection accepted on the desktop port, carried through the master's relay.
+  const carry = (forward: Forward, remote: string, socket: Socket) => {
+    const path = forward.relays.get(remote);
+    if (carried >= MAX_CARRIED_CONNECTIONS || stopped || !path) {
+      socket.destroy();
+      return;
+    }
+    carried += 1;
+    forward.connections += 1;
+    forward.served = true;
+    clearTimeout(forward.idle);
+    const relay = connect(path);
+    socket.pipe(relay);
+    relay.pipe(socket);
+    relay.on("error", () => socket.destroy());
+    socket.on("error", () => relay.destroy());
+    socket.on("close", () => {
+      relay.destroy();
+      carried -= 1;
+      forward.connections -= 1;
+      if (forward.connections > 0 || !forwards.has(forward.desktopPort) || stopped) return;
+      if (forward.callback && forward.served) return release(forward, "its callback was served");
+      arm(forward);
+    });
+  };
+
+  // Listens on each address, or on none: a port counts as free only if it is
+  // free on every address, or a browser could reach the desktop's own program.
+  const listenAll = async (forward: Forward, addresses: string[], remote: string): Promise<"done" | "in use" | { refusal: string }> => {
+    const made: string[] = [];
+    for (const address of addresses) {
+      const server = await listenOn(address, forward.desktopPort, (socket) => carry(forward, remote, socket));
+      if (server === "in use" || "refusal" in server) {
+        for (const each of made) forward.listeners.get(each)?.server.close();
+        for (const each of made) forward.listeners.delete(each);
+        return server;
+      }
+      forward.listeners.set(address, { server, remote });
+      made.push(address);
+    }
+    return "done";
+  };
+
+  // A desktop port that leads to the target: one of this connection's, or a new one.
+  const place = async (target: LoopbackTarget, movable: boolean, url: string, callback: boolean): Promise<Placed | { refusal: string }> => {
     const { port } = target;
     // Without ::1 on the desktop a browser connects to a name over IPv4 only.
     const addresses = hasIpv6Loopback() ? target.desktop : target.desktop.filter((address) => address !== "[::1]");
@@ -1147,29 +1417,26 @@ function loopbackForwarder(ssh: string, controlPath: string, host: string, live:
     const last = movable ? Math.min(65535, port + MAX_PORT_MOVE) : port;
     const candidates = new Set([(movable && moved.get(port)) || port, ...Array.from({ length: last - port }, (_, i) => port + 1 + i)]);
     for (const desktopPort of candidates) {
-      const at = (address: string) => `${address}:${desktopPort}`;
-      // This master's own listener there, leading to another remote port: in use.
-      if (addresses.some((address) => listening.has(at(address)) && listening.get(at(address)) !== port)) continue;
-      const missing = addresses.filter((address) => !listening.has(at(address)));
-      if (missing.length === 0) return { desktopPort, made: false };
-      const ports = new Set([...listening.keys()].map((key) => key.slice(key.lastIndexOf(":") + 1)));
-      if (!ports.has(String(desktopPort)) && ports.size >= MAX_FORWARDED_PORTS) return { refusal: "too many forwarded ports for this connection" };
-      const made: string[] = [];
-      let answer: MasterAnswer = "done";
-      for (const address of missing) {
-        answer = await ask("forward", address, desktopPort, target);
-        if (answer !== "done") break;
-        listening.set(at(address), port);
-        made.push(address);
-      }
+      const existing = forwards.get(desktopPort);
+      // This connection's own forward there, leading to another remote port: in use.
+      if (existing && existing.remotePort !== port) continue;
+      const missing = addresses.filter((address) => !existing?.listeners.has(address));
+      if (existing && missing.length === 0) return { forward: existing, added: [] };
+      if (!existing && forwards.size >= MAX_FORWARDED_PORTS) return { refusal: "too many forwarded ports for this connection" };
+      const forward: Forward = existing ?? { desktopPort, remotePort: port, listeners: new Map(), relays: new Map(), url, callback, served: false, connections: 0 };
+      const answer = await listenAll(forward, missing, target.remote);
       if (answer === "done") {
+        const relayed = await openRelay(forward, target.remote);
+        if (relayed !== "done") {
+          // Nothing listens for a URL whose relay could not be made.
+          for (const address of missing) forward.listeners.get(address)?.server.close();
+          for (const address of missing) forward.listeners.delete(address);
+          return relayed === "in use" ? { refusal: `cannot forward desktop port ${desktopPort}: ssh could not listen on its relay` } : relayed;
+        }
+        forwards.set(desktopPort, forward);
         if (desktopPort !== port) moved.set(port, desktopPort);
-        return { desktopPort, made: true };
-      }
-      // A port counts as free only if it is free on every address: the half
-      // made is undone, or a browser could reach the desktop's own program.
-      for (const address of made) {
-        if (await ask("cancel", address, desktopPort, target) === "done") listening.delete(at(address));
+        recordForward(options, host, { what: "made", forward, addresses: missing, remote: target.remote, url });
+        return { forward, added: missing };
       }
       if (answer !== "in use") return answer;
     }
@@ -1177,33 +1444,111 @@ function loopbackForwarder(ssh: string, controlPath: string, host: string, live:
   };
 
   const forward = async (url: string, { direct, redirects }: LoopbackUrl): Promise<Forwarded> => {
+    // A redirect back to the URL's own host and port needs no second forward, nor a second word in the log.
+    const callbacks = redirects.filter((target) => JSON.stringify(target) !== JSON.stringify(direct));
+    if (callbacks.length > 1) {
+      return { refusal: `it has ${callbacks.length} loopback redirect targets (${callbacks.map((target) => `port ${target.port}`).join(", ")}): at most one is forwarded` };
+    }
     const movable = direct !== undefined && redirects.length === 0 && withPort(url, direct.port) !== undefined;
+    const made: Placed[] = [];
+    const undo = (why: string) => made.splice(0).reverse().forEach(({ forward, added }) => release(forward, why, added));
     let opened = url;
     const notes: string[] = [];
-    // A redirect back to the URL's own host and port needs no second forward, nor a second word in the log.
-    const targets = direct ? [direct, ...redirects.filter((target) => JSON.stringify(target) !== JSON.stringify(direct))] : redirects;
-    for (const target of targets) {
-      const placed = await place(target, movable);
-      if ("refusal" in placed) return placed;
-      const { desktopPort, made } = placed;
+    for (const target of direct ? [direct, ...callbacks] : callbacks) {
+      const placed = await place(target, movable, url, target !== direct);
+      if ("refusal" in placed) {
+        undo("its URL was refused");
+        return placed;
+      }
+      const { forward, added } = placed;
+      made.push(placed);
+      // A page visited directly is visited again: its forward waits for the idle bound.
+      if (target === direct) forward.callback = false;
+      if (forward.connections === 0) arm(forward);
+      const { desktopPort } = forward;
       if (desktopPort === target.port) {
-        notes.push(`, port ${desktopPort} ${made ? "forwarded" : "already forwarded"}`);
+        notes.push(`, port ${desktopPort} ${added.length > 0 ? "forwarded" : "already forwarded"}`);
         continue;
       }
       const rewritten = withPort(url, desktopPort);
-      if (!rewritten) return { refusal: `desktop port ${target.port} is in use, and the URL's port cannot be rewritten` };
+      if (!rewritten) {
+        undo("its URL was refused");
+        return { refusal: `desktop port ${target.port} is in use, and the URL's port cannot be rewritten` };
+      }
       opened = rewritten;
-      notes.push(made ? `, desktop port ${target.port} is in use: forwarded desktop port ${desktopPort} to remote port ${target.port}`
+      notes.push(added.length > 0 ? `, desktop port ${target.port} is in use: forwarded desktop port ${desktopPort} to remote port ${target.port}`
         : `, desktop port ${desktopPort} already forwarded to remote port ${target.port}`);
     }
-    return { url: opened, note: notes.join("") };
+    tell();
+    return { url: opened, note: notes.join(""), undo };
   };
 
-  return (url: string, loopback: LoopbackUrl): Promise<Forwarded> => {
-    const forwarded = queue.then(() => forward(url, loopback));
-    queue = forwarded.catch(() => undefined);
-    return forwarded;
+  const forwarder = {
+    host,
+    forward: (url: string, loopback: LoopbackUrl): Promise<Forwarded> => {
+      const forwarded = queue.then(() => forward(url, loopback));
+      queue = forwarded.catch(() => undefined);
+      return forwarded;
+    },
+    /** The live forwards, for the log on SIGUSR1. */
+    live: () => [...forwards.values()],
+    /** The connection has ended: every forward goes with it. */
+    stop: () => {
+      stopped = true;
+      liveForwarders.delete(forwarder);
+      for (const forward of [...forwards.values()]) release(forward, "the connection ended");
+    },
   };
+  liveForwarders.add(forwarder);
+  return forwarder;
+}
+
+// Every connection's forwarder, for the log of live forwards on SIGUSR1.
+const liveForwarders = new Set<{ host: string; live: () => Forward[] }>();
+
+function logLiveForwards(): void {
+  for (const { host, live } of liveForwarders) {
+    const forwards = live();
+    if (forwards.length === 0) log(host, "live forwards: none");
+    for (const forward of forwards) {
+      const desktop = [...forward.listeners.keys()].map((address) => `${address}:${forward.desktopPort}`).join(" and ");
+      const remote = [...forward.listeners.values()][0]?.remote ?? "localhost";
+      log(host, `live forward: desktop ${desktop} to remote ${remote}:${forward.remotePort}, for ${quoted(shortened(forward.url))}` +
+        ` (${forward.callback ? "a callback" : "direct"}, ${forward.connections} connections open)`);
+    }
+  }
+}
+
+// The forwarder's own listener on a desktop address; "in use" when something else has the port.
+function listenOn(address: string, port: number, onConnection: (socket: Socket) => void): Promise<Server | "in use" | { refusal: string }> {
+  return new Promise((resolve) => {
+    // Not read until it is carried: nothing is lost before ssh is ready.
+    const server = createServer({ pauseOnConnect: true }, onConnection);
+    server.once("error", (error: NodeJS.ErrnoException) => {
+      resolve(error.code === "EADDRINUSE" ? "in use" : { refusal: `cannot forward desktop port ${port}: cannot listen on ${address}: ${error.message}` });
+    });
+    server.listen({ port, host: address.replace(/^\[(.*)\]$/, "$1"), ipv6Only: address.startsWith("[") }, () => {
+      server.on("error", () => { /* a failed accept: that connection alone is lost */ });
+      resolve(server);
+    });
+  });
+}
+
+// A forward made or released: a log line and a --log entry, naming the
+// desktop addresses and port, the remote address and port, and the URL.
+function recordForward(options: Options, host: string,
+  { what, forward, addresses, remote, url, why }: { what: "made" | "released"; forward: Forward; addresses: string[]; remote: string; url: string; why?: string }): void {
+  const desktop = addresses.map((address) => `${address}:${forward.desktopPort}`);
+  const shown = quoted(shortened(url));
+  log(host, what === "made" ? `forwarded desktop ${desktop.join(" and ")} to remote ${remote}:${forward.remotePort}, for ${shown}`
+    : `released desktop ${desktop.join(" and ")} (to remote ${remote}:${forward.remotePort}, for ${shown}): ${why}`);
+  appendAuditEntry(options, host, { url, forward: what, desktop, remote: `${remote}:${forward.remotePort}`, ...(why ? { reason: why } : {}) });
+}
+
+// The live forwards as the client hears of them: DESKTOP_PORT:REMOTE_PORT,...
+// or "none".
+function forwardList(forwards: Forward[]): string {
+  return forwards.map((forward) => `${forward.desktopPort}:${forward.remotePort}`).join(",") || "none";
 }
 
 /**
@@ -1236,9 +1581,10 @@ function hasIpv6Loopback(): boolean {
 type MasterAnswer = "done" | "in use" | { refusal: string };
 
 // Asks this connection's ssh master, through its control socket, to add or
-// cancel a forward (-L ADDRESS:DESKTOP_PORT:REMOTE_ADDRESS:REMOTE_PORT) from
-// the desktop's loopback to the remote host's. The forward ends with the
-// master. A master that cannot listen there says "Port forwarding failed".
+// cancel a forward (-L PATH:REMOTE_ADDRESS:REMOTE_PORT) from a Unix socket
+// in the private control directory to the remote host's loopback. The
+// forward ends with the master. A master that cannot listen there says
+// "Port forwarding failed".
 function askMaster(ssh: string, controlPath: string, host: string, operation: "forward" | "cancel", spec: string,
   desktopPort: number, live: Set<ChildProcess>): Promise<MasterAnswer> {
   const child = spawn(ssh, ["-S", controlPath, "-O", operation, "-L", spec, "--", host], { stdio: ["ignore", "ignore", "pipe"] });

@@ -20,7 +20,13 @@
 // Not a test: it asserts nothing, it reports. BENCH_PATHS=deno,bun picks
 // paths by the start of their names; BENCH_PATHS=none skips to throughput.
 // BENCH_NODES=/path/to/node,... adds a path per Node binary (such as a 22.x
-// that needs --experimental-strip-types).
+// that needs --experimental-strip-types). BENCH_THROUGHPUT=0, BENCH_HOSTS=0
+// and BENCH_FLOODS=0 skip those parts.
+// Then (as root, with sshd: BENCH_FORWARD=0 skips it) a forwarded page load,
+// connect + GET + the whole answer, from the desktop's network namespace to
+// an HTTP server on the remote one's loopback, over real OpenSSH: through
+// server.ts's own listener (ssh -W over the master per connection) and
+// through the old `ssh -O forward` listener of the same master, taking turns.
 
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -28,6 +34,9 @@ import { connect } from "node:net";
 import { cpus, homedir, release } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { TestContext } from "node:test";
+import { commandOf, startSshd } from "./fixtures/sshd.ts";
+import { childrenOf } from "./helpers.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
@@ -218,6 +227,98 @@ function floods(): string {
   return lines.join("\n");
 }
 
+/**
+ * Medians of a forwarded page load through server.ts's forwarder and through
+ * `ssh -O forward` on the same master, as a markdown table, or why not.
+ */
+async function forwardedPageLoad(): Promise<string> {
+  const afters: Array<() => void> = [];
+  let skipped = "";
+  // The fixture's test context: its cleanups run here, a skip is a message.
+  const t = { after: (fn: () => void) => afters.push(fn), skip: (why: string) => { skipped = why; } } as unknown as TestContext;
+  try {
+    const sshd = await startSshd(t, { separateDesktop: true });
+    if (!sshd) return `\nforwarded page load: skipped: ${skipped}`;
+    const inDesktop = ["ip", "netns", "exec", sshd.desktopNamespace];
+    const socket = join(sshd.dir, "sock");
+    const token = spawn("ip", ["netns", "exec", sshd.namespace, process.execPath, join(ROOT, "test/fixtures/token-server.mjs"), "8201", "page"],
+      { stdio: ["ignore", "pipe", "inherit"] });
+    afters.push(() => token.kill());
+    await new Promise((resolve) => token.stdout.once("data", resolve));
+    const server = spawn(inDesktop[0], [...inDesktop.slice(1), process.execPath, "--import", "tsx", join(ROOT, "server.ts"), "--ssh", sshd.sshWrapper,
+      "--remote-command", sshd.remoteCommand(socket), "--browser", "true", sshd.host], { cwd: ROOT, env: { ...process.env, TMPDIR: sshd.dir }, stdio: ["ignore", "ignore", "pipe"] });
+    afters.push(() => server.kill());
+    let said = "";
+    server.stderr.setEncoding("utf8");
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`server.ts did not connect within 120 s: ${said}`)), 120_000);
+      server.stderr.on("data", (chunk: string) => {
+        said += chunk;
+        if (said.includes(": connected: ")) { clearTimeout(timer); resolve(); }
+      });
+    });
+    const sent = spawnSync("ip", ["netns", "exec", sshd.namespace, process.execPath, "--import", "tsx", join(ROOT, "send.ts"), "http://127.0.0.1:8201/"],
+      { cwd: ROOT, env: { ...process.env, URLSERVER_SOCKET: socket }, encoding: "utf8", timeout: 30_000 });
+    if (sent.status !== 0) throw new Error(`send.ts exited ${sent.status}: ${sent.stderr}`);
+    // The old way, on the same master: its control socket, from its command line.
+    const master = childrenOf(server.pid!).map(commandOf).find((command) => command.includes("ControlPath="));
+    const controlPath = /ControlPath=(\S+)/.exec(master ?? "")![1];
+    const old = spawnSync(sshd.sshWrapper, ["-S", controlPath, "-O", "forward", "-L", "127.0.0.1:8202:127.0.0.1:8201", "--", sshd.host], { encoding: "utf8" });
+    if (old.status !== 0) throw new Error(`ssh -O forward exited ${old.status}: ${old.stderr}`);
+    // The alternative not taken: a listener that runs ssh -W over the master per connection.
+    const sshW = ["ssh", "-F", join(sshd.dir, "ssh_config"), "-S", controlPath, "-o", "ControlMaster=no", "-W", "127.0.0.1:8201", "--", sshd.host];
+    const loads = spawnSync(inDesktop[0], [...inDesktop.slice(1), process.execPath, "--input-type=module", "-e", PAGE_LOADS, String(RUNS), JSON.stringify(sshW)],
+      { encoding: "utf8", timeout: 300_000 });
+    if (loads.status !== 0) throw new Error(`page loads failed: ${loads.stderr}`);
+    const [viaServer, viaMaster, viaW] = JSON.parse(loads.stdout) as number[][];
+    const [newMs, oldMs, wMs] = [viaServer, viaMaster, viaW].map((times) => percentile(times, 50));
+    return ["", `forwarded page load (connect + GET + answer), medians of ${RUNS}, taking turns`, "",
+      row(["forwarder", "ms", "p95", "÷ ssh -O forward"]), row(["---", "---:", "---:", "---:"]),
+      row(["server.ts's listener, relayed through the master's Unix socket forward", newMs, percentile(viaServer, 95), `${(newMs / oldMs).toFixed(2)}×`]),
+      row(["ssh -O forward -L PORT:... (the master's own listener, 0.3)", oldMs, percentile(viaMaster, 95), "1.00×"]),
+      row(["a listener running ssh -W over the master per connection", wMs, percentile(viaW, 95), `${(wMs / oldMs).toFixed(2)}×`])].join("\n");
+  } finally {
+    for (const after of afters.reverse()) {
+      try { after(); } catch { /* going anyway */ }
+    }
+  }
+}
+
+// Run inside the desktop's namespace: RUNS + 2 page loads on each port, taking turns, the first two not kept.
+// Port 8203 is its own listener that carries each connection with ssh -W.
+const PAGE_LOADS = `
+import { get } from "node:http";
+import { createServer } from "node:net";
+import { spawn } from "node:child_process";
+const [runs, sshW] = process.argv.slice(-2);
+const [ssh, ...args] = JSON.parse(sshW);
+const listener = createServer({ pauseOnConnect: true }, (socket) => {
+  const child = spawn(ssh, args, { stdio: ["pipe", "pipe", "ignore"] });
+  socket.pipe(child.stdin);
+  child.stdout.pipe(socket);
+  socket.on("error", () => child.kill());
+  socket.on("close", () => child.kill());
+});
+await new Promise((resolve) => listener.listen(8203, "127.0.0.1", resolve));
+const load = (port) => new Promise((resolve, reject) => {
+  const started = performance.now();
+  get({ host: "127.0.0.1", port, path: "/", agent: false }, (response) => {
+    let body = "";
+    response.on("data", (chunk) => { body += chunk; });
+    response.on("end", () => body === "page" ? resolve(performance.now() - started) : reject(new Error("answered " + body)));
+  }).on("error", reject);
+});
+const times = [[], [], []];
+for (let run = 0; run < Number(runs) + 2; run++) {
+  for (const [i, port] of [8201, 8202, 8203].entries()) {
+    const ms = await load(port);
+    if (run >= 2) times[i].push(ms);
+  }
+}
+process.stdout.write(JSON.stringify(times));
+listener.close();
+`;
+
 function peakRss(pid: number): number {
   return Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024;
 }
@@ -279,16 +380,19 @@ async function main(): Promise<number> {
     const [npx, loader] = [...medians.entries()].filter(([name]) => name.includes("npx") || name.includes("loader")).map(([, ms]) => ms);
     if (npx && loader) lines.push("", `Node ${process.version}: through npx / with tsx's loader: ${(npx / loader).toFixed(2)}× (target: at least 2.5×)`);
 
-    const one = await throughput(socket, 5000, 1);
-    const twenty = await throughput(socket, 10_000, 20);
-    const floor = socat ? await socatRelay(dir, 10_000) : NaN;
-    lines.push("", row(["throughput (--rate 0, opener `true`)", "URLs per second"]), row(["---", "---:"]),
-      row(["5,000 URLs over 1 connection", one.toFixed(0)]),
-      row(["10,000 URLs over 20 parallel connections", twenty.toFixed(0)]),
-      row(["floor: socat relaying 10,000 lines from a Unix socket to a pipe", floor.toFixed(0)]),
-      "", `client peak RSS (VmHWM) after the runs above: ${peakRss(clientPid).toFixed(1)} MiB`);
+    if (process.env.BENCH_THROUGHPUT !== "0") {
+      const one = await throughput(socket, 5000, 1);
+      const twenty = await throughput(socket, 10_000, 20);
+      const floor = socat ? await socatRelay(dir, 10_000) : NaN;
+      lines.push("", row(["throughput (--rate 0, opener `true`)", "URLs per second"]), row(["---", "---:"]),
+        row(["5,000 URLs over 1 connection", one.toFixed(0)]),
+        row(["10,000 URLs over 20 parallel connections", twenty.toFixed(0)]),
+        row(["floor: socat relaying 10,000 lines from a Unix socket to a pipe", floor.toFixed(0)]),
+        "", `client peak RSS (VmHWM) after the runs above: ${peakRss(clientPid).toFixed(1)} MiB`);
+    }
     process.stdout.write(`${lines.join("\n")}\n`);
     if (process.env.BENCH_HOSTS !== "0") process.stdout.write(`${await manyHosts(dir)}\n`);
+    if (process.env.BENCH_FORWARD !== "0") process.stdout.write(`${await forwardedPageLoad()}\n`);
     if (process.env.BENCH_FLOODS !== "0") process.stdout.write(`${floods()}\n`);
     return 0;
   } finally {
