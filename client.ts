@@ -390,8 +390,18 @@ function handleServerLine(line: string, silence: { setInterval: (seconds: number
     if (keepalive >= 1 && keepalive <= MAX_KEEPALIVE_SECONDS) silence.setInterval(keepalive);
     allowedSchemes = new Set((fields.get("schemes") ?? "").split(",").filter(Boolean));
     desktop = { name: fields.get("desktop") ?? "unknown", since: new Date().toISOString() };
+  } else if (verb === "forwards") {
+    forwardsHeard(id);
   }
   return undefined;
+}
+
+// The desktop ports forwarded to this host, as the server (0.4 and later)
+// last said them: DESKTOP_PORT:REMOTE_PORT,... or "none"; for send.ts --status.
+let forwards: string | undefined;
+
+function forwardsHeard(list: string | undefined): void {
+  if (list && /^(none|[0-9]{1,5}:[0-9]{1,5}(,[0-9]{1,5}:[0-9]{1,5}){0,63})$/.test(list)) forwards = list;
 }
 
 // One connection: URLs in, one line each; answers out in the same order.
@@ -520,7 +530,8 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 // The answer to a "status" line (send.ts --status), which no URL can be.
 function statusLine(): string {
   if (!desktop) return "error no desktop has said hello yet";
-  const fields = new URLSearchParams({ desktop: desktop.name, since: desktop.since, runtime: runtimeName(), pid: String(process.pid) });
+  const fields = new URLSearchParams({ desktop: desktop.name, since: desktop.since, runtime: runtimeName(), pid: String(process.pid),
+    ...(forwards ? { forwards } : {}) });
   return `ok ${fields.toString().replaceAll("&", " ")}`;
 }
 

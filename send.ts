@@ -277,11 +277,19 @@ function reportStatus(outcome: Outcome): number {
     const fields = new URLSearchParams(answer.slice(3).replaceAll(" ", "&"));
     const field = (name: string) => printable(fields.get(name) ?? "?");
     process.stdout.write(`connected to desktop ${quoted(fields.get("desktop") ?? "?")} since ${field("since")}` +
-      ` (client pid ${field("pid")} on ${field("runtime")})\n`);
+      ` (client pid ${field("pid")} on ${field("runtime")})\n${forwardsLine(fields.get("forwards"))}`);
     return 0;
   }
   const why = answer ? printable(answer.replace(/^error ?/, "")) : outcome.failure?.("the status").message;
   return report(`no desktop is connected on this host: ${why}`, 69);
+}
+
+// The desktop ports forwarded to this host, when the client has heard of them.
+function forwardsLine(list: string | null): string {
+  if (!list) return "";
+  if (list === "none") return "no desktop port is forwarded to this host\n";
+  const ports = list.split(",").map((pair) => pair.split(":")).map(([desktop, remote]) => desktop === remote ? desktop : `${desktop} (to ${remote})`);
+  return `${printable(`desktop ports forwarded to this host: ${ports.join(", ")}`)}\n`;
 }
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, crash);

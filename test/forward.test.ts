@@ -15,7 +15,10 @@
 // test the chromium package: skipped without them, failing in CI.
 
 import assert from "node:assert/strict";
-import { accessSync, constants, existsSync, readFileSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { execFileSync } from "node:child_process";
+import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
@@ -56,41 +59,45 @@ test("ssh runs as the master of a control socket in a private 0700 directory, re
   assert.equal(existsSync(dirname(controlPath)), false, "the control directory is left behind");
 });
 
-test("loopback URLs ask ssh for a forward of their port, on the address the browser connects to; other URLs none; the fake ssh's failure is the reason", { timeout: 30_000 }, async (t) => {
+test("loopback URLs ask ssh for a relay to their port, where the forward connects; other URLs none; the fake ssh's failure is the reason, and nothing is left listening", { timeout: 120_000 }, async (t) => {
   const session = await startSession(t, ["--rate", "0"]);
   const controlPath = controlPathOf(JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]).args);
-  // The first forward each URL needs: the fake ssh fails it, and that ends the URL.
+  // The relay each URL needs, from a Unix socket beside the control socket:
+  // the fake ssh fails it, and that ends the URL, its desktop listeners undone.
   const forwarded: Array<[string, string]> = [
-    // A literal address: forwarded there, and connected to there on the remote host.
-    ["http://127.0.0.1:8123/callback?code=abc", "127.0.0.1:8123:127.0.0.1:8123"],
-    ["http://[::1]:8080/x", "[::1]:8080:[::1]:8080"],
-    ["https://127.1:8443/", "127.0.0.1:8443:127.0.0.1:8443"],
-    ["http://127.0.0.2:8000/", "127.0.0.2:8000:127.0.0.2:8000"],
-    ["http://[::ffff:127.0.0.1]:3005/", "127.0.0.1:3005:127.0.0.1:3005"],
-    ["http://[::ffff:127.0.0.2]:3006/", "127.0.0.2:3006:127.0.0.2:3006"],
-    // A name: 127.0.0.1 first, then ::1; sshd resolves localhost on the remote host.
-    ["http://localhost:3000/", "127.0.0.1:3000:localhost:3000"],
-    ["http://localhost.:3001/", "127.0.0.1:3001:localhost:3001"],
-    ["http://app.localhost:3002/", "127.0.0.1:3002:localhost:3002"],
-    // The unspecified addresses: the desktop loopback of their family.
-    ["http://0.0.0.0:3003/", "127.0.0.1:3003:localhost:3003"],
-    ["http://[::]:3004/", "[::1]:3004:localhost:3004"],
-    ["http://[::ffff:0.0.0.0]:3007/", "127.0.0.1:3007:localhost:3007"],
+    // A literal address: connected to there on the remote host.
+    ["http://127.0.0.1:18123/callback?code=abc", "127.0.0.1:18123"],
+    ["http://[::1]:18080/x", "[::1]:18080"],
+    ["https://127.1:18443/", "127.0.0.1:18443"],
+    ["http://127.0.0.2:18000/", "127.0.0.2:18000"],
+    ["http://[::ffff:127.0.0.1]:13005/", "127.0.0.1:13005"],
+    ["http://[::ffff:127.0.0.2]:13006/", "127.0.0.2:13006"],
+    // A name: sshd resolves localhost on the remote host.
+    ["http://localhost:13000/", "localhost:13000"],
+    ["http://localhost.:13001/", "localhost:13001"],
+    ["http://app.localhost:13002/", "localhost:13002"],
+    // The unspecified addresses: their program listens on every address.
+    ["http://0.0.0.0:13003/", "localhost:13003"],
+    ["http://[::]:13004/", "localhost:13004"],
+    ["http://[::ffff:0.0.0.0]:13007/", "localhost:13007"],
     // Redirect targets, in https and http authorization URLs, any of their values.
-    ["https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8124%2Fcb", "127.0.0.1:8124:127.0.0.1:8124"],
-    ["https://auth.example/authorize?redirect_url=http%3A%2F%2Flocalhost%3A9000%2F", "127.0.0.1:9000:localhost:9000"],
-    ["http://idp.internal:8080/auth?redirect_uri=http%3A%2F%2Flocalhost%3A9001%2F", "127.0.0.1:9001:localhost:9001"],
-    ["https://auth.example/?redirect_uri=https%3A%2F%2Fexample.org%2F&redirect_uri=http%3A%2F%2F127.0.0.1%3A9002%2F", "127.0.0.1:9002:127.0.0.1:9002"],
-    ["https://api.example/oauth/authorize?oauth_callback=http%3A%2F%2F127.0.0.1%3A9003%2Fcb", "127.0.0.1:9003:127.0.0.1:9003"],
+    ["https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A18124%2Fcb", "127.0.0.1:18124"],
+    ["https://auth.example/authorize?redirect_url=http%3A%2F%2Flocalhost%3A19000%2F", "localhost:19000"],
+    ["http://idp.internal:8080/auth?redirect_uri=http%3A%2F%2Flocalhost%3A19001%2F", "localhost:19001"],
+    ["https://auth.example/?redirect_uri=https%3A%2F%2Fexample.org%2F&redirect_uri=http%3A%2F%2F127.0.0.1%3A19002%2F", "127.0.0.1:19002"],
+    ["https://api.example/oauth/authorize?oauth_callback=http%3A%2F%2F127.0.0.1%3A19003%2Fcb", "127.0.0.1:19003"],
   ];
-  for (const [url, spec] of forwarded) {
-    const port = spec.split(":").at(-1);
+  for (const [index, [url, remote]] of forwarded.entries()) {
+    const port = remote.split(":").at(-1);
     const result = await send(t, session, [url]);
     assert.equal(result.code, 65, result.stderr);
     assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: cannot forward desktop port ${port}: fake-ssh: expected [options] -- HOST COMMAND`], [url]));
-    assert.deepEqual(forwardRequests(session).at(-1), ["-S", controlPath, "-O", "forward", "-L", spec, "--", "testhost"]);
+    assert.deepEqual(forwardRequests(session).at(-1), ["-S", controlPath, "-O", "forward", "-L", `${controlPath}.${index + 1}:${remote}`, "--", "testhost"]);
+    // A refused URL leaves nothing listening on the desktop.
+    assert.equal(await connectsTo(Number(port), "127.0.0.1"), "ECONNREFUSED", url);
   }
-  assert.equal(forwardRequests(session).length, forwarded.length, "one forward asked for per URL");
+  assert.equal(forwardRequests(session).length, forwarded.length, "one relay asked for per URL");
+  assert.doesNotMatch(session.server.stderr.text(), /forwarded desktop/);
 
   const openedAsTheyAre = [
     "https://example.org/?redirect_uri=https%3A%2F%2Fexample.org%2Fcb",
@@ -170,9 +177,16 @@ type Forwarding = { sshd: Sshd; session: Session; fetched: () => Fetched[] };
 
 /** sshd in the remote namespace, server.ts with the fetching browser (or another) in the desktop's. */
 async function forwardingSession(t: TestContext, extraArgs: string[] = [],
-  options: { browser?: string; env?: Record<string, string> } = {}): Promise<Forwarding | undefined> {
+  options: { browser?: string; env?: Record<string, string>; hosts?: string } = {}): Promise<Forwarding | undefined> {
   const sshd = await startSshd(t, { separateDesktop: true });
   if (!sshd) return undefined;
+  // The desktop's own hosts file: ip netns exec mounts /etc/netns/NAME/hosts over /etc/hosts.
+  if (options.hosts) {
+    const dir = join("/etc/netns", sshd.desktopNamespace);
+    mkdirSync(dir, { recursive: true });
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, "hosts"), options.hosts);
+  }
   const fetchedLog = join(sshd.dir, "fetched");
   const session = await startSession(t, extraArgs, {
     ssh: sshd.sshWrapper, host: sshd.host, remoteCommand: sshd.remoteCommand, browser: options.browser ?? FETCH_BROWSER,
@@ -282,7 +296,7 @@ test("over real ssh: an OAuth authorization URL forwards its redirect_uri's port
   assert.equal(forwardedLines(session, 8124, "forwarded").length, 1);
 });
 
-test("over real ssh: an http authorization URL, an oauth_callback and every redirect_uri value are forwarded, and the redirects reach the remote host", { timeout: 40_000 }, async (t) => {
+test("over real ssh: an http authorization URL and an oauth_callback are forwarded and reach the remote host; a URL with two loopback redirect targets is refused, forwarding nothing", { timeout: 60_000 }, async (t) => {
   const forwarding = await forwardingSession(t);
   if (!forwarding) return;
   const { sshd, session } = forwarding;
@@ -291,7 +305,6 @@ test("over real ssh: an http authorization URL, an oauth_callback and every redi
     // A local identity provider speaks http.
     "http://idp.internal:8080/auth?client_id=x&redirect_uri=http%3A%2F%2Flocalhost%3A8143%2Fcb",
     "https://api.example/oauth/authorize?oauth_token=t&oauth_callback=http%3A%2F%2F127.0.0.1%3A8144%2Fcb",
-    "https://auth.example/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A8145%2Fa&redirect_uri=http%3A%2F%2F127.0.0.1%3A8146%2Fb",
   ];
   for (const url of urls) {
     const result = await sendFromRemote(t, forwarding, [url]);
@@ -301,11 +314,14 @@ test("over real ssh: an http authorization URL, an oauth_callback and every redi
   assert.deepEqual(forwarding.fetched().map(({ target, body, error }) => [target, body ?? error]), [
     ["http://localhost:8143/cb", `${TOKEN}-8143`],
     ["http://127.0.0.1:8144/cb", `${TOKEN}-8144`],
-    ["http://127.0.0.1:8145/a", `${TOKEN}-8145`],
   ]);
-  // The browser follows the first redirect_uri; the second is forwarded all the same.
-  assert.equal((await fetchOnDesktop(t, forwarding, 8146)).body, `${TOKEN}-8146`);
-  assert.match(session.server.stderr.text(), /Z sshd-host: opened "https:\/\/auth\.example\/authorize\?redirect_uri=\S+" with \S+ \(pid \d+, exit 0\), port 8145 forwarded, port 8146 forwarded$/m);
+  // At most one redirect target per URL: a second would be a port the remote side picks for nothing.
+  const two = "https://auth.example/authorize?redirect_uri=http%3A%2F%2F127.0.0.1%3A8145%2Fa&redirect_uri=http%3A%2F%2F127.0.0.1%3A8146%2Fb";
+  const refused = await sendFromRemote(t, forwarding, [two]);
+  assert.equal(refused.code, 65);
+  assert.equal(refused.stderr, notOpened([`send: refused ${JSON.stringify(two)}: it has 2 loopback redirect targets (port 8145, port 8146): at most one is forwarded`], [two]));
+  for (const port of [8145, 8146]) assert.equal((await fetchOnDesktop(t, forwarding, port)).error, "ECONNREFUSED");
+  assert.doesNotMatch(session.server.stderr.text(), /forwarded desktop 127\.0\.0\.1:814[56]/);
 });
 
 test("over real ssh: a direct URL whose desktop port is taken opens on another, rewritten in its port alone; an OAuth redirect to that port is refused", { timeout: 40_000 }, async (t) => {
@@ -483,6 +499,153 @@ test("over real ssh: two hosts cannot both have one desktop port: the second hos
     /Z sshd-host2: opened "http:\/\/127\.0\.0\.1:8130\/cb" with \S+ \(pid \d+, exit 0\), desktop port 8129 is in use: forwarded desktop port 8130 to remote port 8129$/m);
   assert.match(server.stderr.text(), /Z sshd-host2: refused "https:\/\/auth\.example\/authorize\?redirect_uri=\S+": desktop port 8129 is in use$/m);
 });
+
+// A forward lives only as long as the URL that needed it.
+
+/** The TCP sockets listening in a namespace (ss -ltn), sorted. */
+function listening(namespace: string): string[] {
+  return execFileSync("ip", ["netns", "exec", namespace, "ss", "-ltnH"], { encoding: "utf8" })
+    .split("\n").filter(Boolean).map((line) => line.trim().split(/\s+/)[3]).sort();
+}
+
+test("over real ssh, a hostile remote: a URL naming 34 loopback redirect ports is refused saying so and adds no desktop listener; a direct forward is gone after --forward-idle", { timeout: 90_000 }, async (t) => {
+  const forwarding = await forwardingSession(t, ["--forward-idle", "5"]);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8170, TOKEN);
+  const before = listening(sshd.desktopNamespace);
+  const ports = Array.from({ length: 34 }, (_, i) => 9201 + i);
+  const hostile = `https://auth.example/authorize?${ports.map((port) => `redirect_uri=http%3A%2F%2F127.0.0.1%3A${port}%2F`).join("&")}`;
+  const refused = await sendFromRemote(t, forwarding, [hostile]);
+  assert.equal(refused.code, 65);
+  assert.match(refused.stderr, /: it has 34 loopback redirect targets \(port 9201, port 9202, .*, port 9234\): at most one is forwarded\n/);
+  assert.deepEqual(listening(sshd.desktopNamespace), before, "the refused URL left desktop ports listening");
+  assert.doesNotMatch(session.server.stderr.text(), /forwarded desktop/);
+
+  const url = "http://localhost:8170/";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
+  assert.equal(forwarding.fetched()[0].body, TOKEN);
+  await session.server.stderr.waitFor(/Z sshd-host: forwarded desktop 127\.0\.0\.1:8170 and \[::1\]:8170 to remote localhost:8170, for "http:\/\/localhost:8170\/"$/, 1000);
+  await session.server.stderr.waitFor(
+    /Z sshd-host: released desktop 127\.0\.0\.1:8170 and \[::1\]:8170 \(to remote localhost:8170, for "http:\/\/localhost:8170\/"\): no connection for 5\.0 s$/, 30_000);
+  assert.deepEqual(listening(sshd.desktopNamespace), before, "the idle forward is still listening");
+  // A desktop client on the released port is refused, never carried to the remote host.
+  for (const address of ["127.0.0.1", "[::1]"]) assert.equal((await fetchOnDesktop(t, forwarding, 8170, address)).error, "ECONNREFUSED", address);
+});
+
+test("over real ssh: a callback's forward is released once its callback has been served, in the log and in --log; the port then refuses connections", { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t);
+  const auditLog = join(dir, "urls.log");
+  const forwarding = await forwardingSession(t, ["--log", auditLog]);
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8174, TOKEN);
+  const url = "https://auth.example/authorize?client_id=x&redirect_uri=http%3A%2F%2F127.0.0.1%3A8174%2Fcb";
+  const result = await sendFromRemote(t, forwarding, [url]);
+  assert.equal(result.code, 0, result.stderr);
+  await waitUntil(() => forwarding.fetched().length === 1, 10_000, "the browser to fetch");
+  assert.equal(forwarding.fetched()[0].body, TOKEN);
+  const shown = escapeRegExp(JSON.stringify(url));
+  await session.server.stderr.waitFor(new RegExp(`Z sshd-host: forwarded desktop 127\\.0\\.0\\.1:8174 to remote 127\\.0\\.0\\.1:8174, for ${shown}$`), 1000);
+  await session.server.stderr.waitFor(
+    new RegExp(`Z sshd-host: released desktop 127\\.0\\.0\\.1:8174 \\(to remote 127\\.0\\.0\\.1:8174, for ${shown}\\): its callback was served$`), 10_000);
+  assert.equal((await fetchOnDesktop(t, forwarding, 8174)).error, "ECONNREFUSED");
+  const entries = readFileSync(auditLog, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line));
+  const forwards = entries.filter((entry) => entry.forward).map(({ time: _time, ...entry }) => entry);
+  assert.deepEqual(forwards, [
+    { host: "sshd-host", url, forward: "made", desktop: ["127.0.0.1:8174"], remote: "127.0.0.1:8174" },
+    { host: "sshd-host", url, forward: "released", desktop: ["127.0.0.1:8174"], remote: "127.0.0.1:8174", reason: "its callback was served" },
+  ]);
+});
+
+test("over real ssh: send.ts --status and SIGUSR1 list the live forwards; a URL the opener refuses takes its forward with it", { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t);
+  const opener = join(dir, "opener");
+  // Opens the first URL (as the fetching browser), fails the second (as xdg-open without a browser).
+  writeFileSync(opener, `#!/bin/sh\ncase "$1" in *8176*) exit 3;; esac\nexec ${process.execPath} ${FETCH_BROWSER} "$@"\n`, { mode: 0o755 });
+  const forwarding = await forwardingSession(t, [], { browser: opener });
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  await tokenServer(t, sshd.namespace, 8175, TOKEN);
+  await tokenServer(t, sshd.namespace, 8176, TOKEN);
+  const before = await sendFromRemote(t, forwarding, ["--status"]);
+  assert.equal(before.code, 0, before.stderr);
+  assert.doesNotMatch(before.stdout, /forwarded/);
+  const result = await sendFromRemote(t, forwarding, ["http://127.0.0.1:8175/"]);
+  assert.equal(result.code, 0, result.stderr);
+  const status = await sendFromRemote(t, forwarding, ["--status"]);
+  assert.equal(status.code, 0, status.stderr);
+  assert.match(status.stdout, /^connected to desktop .*\ndesktop ports forwarded to this host: 8175$/);
+  process.kill(session.server.pid, "SIGUSR1");
+  await session.server.stderr.waitFor(/Z sshd-host: live forward: desktop 127\.0\.0\.1:8175 to remote 127\.0\.0\.1:8175, for "http:\/\/127\.0\.0\.1:8175\/" \(direct, \d+ connections open\)$/, 5000);
+
+  const refusedUrl = "http://127.0.0.1:8176/";
+  const refused = await sendFromRemote(t, forwarding, [refusedUrl]);
+  assert.equal(refused.code, 65);
+  await session.server.stderr.waitFor(/Z sshd-host: released desktop 127\.0\.0\.1:8176 \(to remote 127\.0\.0\.1:8176, for "http:\/\/127\.0\.0\.1:8176\/"\): its URL was refused$/, 5000);
+  assert.equal((await fetchOnDesktop(t, forwarding, 8176)).error, "ECONNREFUSED");
+  const after = await sendFromRemote(t, forwarding, ["--status"]);
+  assert.match(after.stdout, /\ndesktop ports forwarded to this host: 8175$/);
+});
+
+// Loopback names are resolved on the desktop, not guessed.
+
+/** A desktop hosts file as Debian writes it, plus a name of the test's own and the desktop's host name on 127.0.1.1. */
+const HOSTS = `127.0.0.1 localhost localhost.localdomain localhost4
+::1 localhost ip6-localhost ip6-loopback localhost6
+127.0.1.1 ${hostname()}
+127.0.0.1 dev.urlserver-test.example
+`;
+
+test("over real ssh: names the desktop resolves to its loopback (its hosts file, its own host name) are forwarded where it resolves them, and reach the remote host", { timeout: 90_000 }, async (t) => {
+  const forwarding = await forwardingSession(t, ["--rate", "0"], { hosts: HOSTS });
+  if (!forwarding) return;
+  const { sshd, session } = forwarding;
+  const names: Array<[string, number, string]> = [
+    ["dev.urlserver-test.example", 8180, "127.0.0.1:8180"],
+    [hostname(), 8181, "127.0.1.1:8181"],
+    ["localhost.localdomain", 8182, "127.0.0.1:8182"],
+    ["localhost4", 8183, "127.0.0.1:8183"],
+    ["localhost6", 8184, "[::1]:8184"],
+    ["ip6-localhost", 8185, "[::1]:8185"],
+    ["ip6-loopback", 8186, "[::1]:8186"],
+  ];
+  for (const [name, port, desktop] of names) {
+    await tokenServer(t, sshd.namespace, port, `${TOKEN}-${port}`);
+    const url = `http://${name}:${port}/`;
+    const result = await sendFromRemote(t, forwarding, [url]);
+    assert.equal(result.code, 0, result.stderr);
+    await session.server.stderr.waitFor(new RegExp(`Z sshd-host: forwarded desktop ${escapeRegExp(desktop)} to remote localhost:${port}, for "${escapeRegExp(url)}"$`), 1000);
+  }
+  await waitUntil(() => forwarding.fetched().length === names.length, 20_000, "the browser to fetch each URL");
+  assert.deepEqual(forwarding.fetched().map(({ body, error }) => body ?? error), names.map(([, port]) => `${TOKEN}-${port}`));
+});
+
+test("over real ssh: --no-forward-loopback refuses every name the desktop resolves to its loopback, and opens a name it cannot resolve", { timeout: 60_000 }, async (t) => {
+  const forwarding = await forwardingSession(t, ["--no-forward-loopback", "--rate", "0"], { hosts: HOSTS });
+  if (!forwarding) return;
+  const urls = ["dev.urlserver-test.example", hostname(), "localhost.localdomain", "localhost4", "localhost6", "ip6-localhost", "ip6-loopback"]
+    .map((name) => `http://${name}:8190/`);
+  const result = await sendFromRemote(t, forwarding, urls);
+  assert.equal(result.code, 65);
+  assert.equal(result.stderr, notOpened(urls.map((url) => `send: refused ${JSON.stringify(url)}: ${NO_FORWARD}`), urls));
+  const unknown = await sendFromRemote(t, forwarding, ["http://nowhere.urlserver-test.invalid:8190/"]);
+  assert.equal(unknown.code, 0, unknown.stderr);
+});
+
+/** Whether a TCP connection to address:port here is accepted ("connected"), or the error code. */
+function connectsTo(port: number, address: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect(port, address);
+    socket.on("connect", () => {
+      socket.destroy();
+      resolve("connected");
+    });
+    socket.on("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+  });
+}
 
 /** What the tests lack to run Chromium, or undefined. */
 function chromiumMissing(): string | undefined {
