@@ -2,12 +2,19 @@
 // its own loopback, directly or through an OAuth redirect parameter, with the
 // desktop addresses it must forward and where the forward must connect on the
 // remote host; that near misses are not taken for loopback URLs; and that a
-// URL's port is rewritten without re-serialising the rest. Pure functions, no
-// processes: forward.test.ts shows the same over real OpenSSH.
+// URL's port is rewritten without re-serialising the rest; and that names are
+// loopback names when the desktop resolves them to its loopback (its hosts
+// file, its resolver, its own host name), never by their look. Pure
+// functions and the desktop's resolver, no processes: forward.test.ts shows
+// the same over real OpenSSH.
 
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
-import { loopbackTargets, withPort } from "../server.ts";
+import { loopbackTargets, namesToResolve, resolveNames, withPort } from "../server.ts";
+import { tempDir } from "./helpers.ts";
 import type { LoopbackTarget, LoopbackUrl } from "../server.ts";
 
 /** A name: the browser may connect over either family, and sshd resolves it on the remote side. */
@@ -139,4 +146,56 @@ test("a port is rewritten in the text as sent, the rest byte for byte, or not at
     assert.equal(withPort(url, port), expected, url);
     if (expected) assert.equal(new URL(expected).port, String(port));
   }
+});
+
+test("names the hosts file maps to a loopback address are loopback names, forwarded where it maps them, to the remote host's localhost", (t) => {
+  const hosts = join(tempDir(t), "hosts");
+  writeFileSync(hosts, [
+    "127.0.0.1\tlocalhost localhost.localdomain localhost4 # Debian",
+    "::1     localhost ip6-localhost ip6-loopback localhost6",
+    "127.0.1.1 Desktop.example.org desktop",
+    "::ffff:127.0.0.3 mapped.example",
+    "ff02::1 ip6-allnodes",
+    "192.0.2.5 printer",
+    "# 127.0.0.1 commented.example",
+    "",
+  ].join("\n"));
+  const names: Array<[string, string[]]> = [
+    ["localhost.localdomain", ["127.0.0.1"]],
+    ["localhost4", ["127.0.0.1"]],
+    ["localhost6", ["[::1]"]],
+    ["ip6-localhost", ["[::1]"]],
+    ["ip6-loopback", ["[::1]"]],
+    ["desktop", ["127.0.1.1"]],
+    ["desktop.example.org", ["127.0.1.1"]],
+    ["mapped.example", ["127.0.0.3"]],
+  ];
+  for (const [name, desktop] of names) {
+    const url = `http://${name.toUpperCase()}.:8000/cb`;
+    const { known, unknown } = namesToResolve(url, hosts);
+    assert.deepEqual(unknown, [], name);
+    assert.deepEqual(loopbackTargets(url, known), direct({ port: 8000, desktop, remote: "localhost" }), name);
+    // As a redirect target too.
+    const oauth = `https://auth.example/?redirect_uri=${encodeURIComponent(`http://${name}:8001/`)}`;
+    const resolved = namesToResolve(oauth, hosts);
+    assert.deepEqual(resolved.unknown, ["auth.example"], name);
+    assert.deepEqual(loopbackTargets(oauth, resolved.known), redirects({ port: 8001, desktop, remote: "localhost" }), name);
+  }
+  for (const name of ["ip6-allnodes", "printer", "commented.example", "example.org"]) {
+    assert.deepEqual(namesToResolve(`http://${name}:8000/`, hosts), { known: new Map(), unknown: [name] }, name);
+  }
+  // Literal addresses and localhost are known by their text: nothing to look up.
+  assert.deepEqual(namesToResolve("http://127.0.0.1:8000/?redirect_uri=http://localhost:9/&redirect_url=http://[::1]:9/", hosts).unknown, []);
+});
+
+test("the resolver decides other names: the desktop's own host name is always one; a name that does not resolve is not", { timeout: 10_000 }, async () => {
+  const own = hostname().toLowerCase();
+  const resolved = await resolveNames([own, "nowhere.urlserver-test.invalid"]);
+  assert.ok(resolved.has(own), `the desktop's own name "${own}" is not a loopback name`);
+  assert.equal(resolved.has("nowhere.urlserver-test.invalid"), false);
+  // A loopback address of its own, or none (its name leads to another address): never opened as it is.
+  const target = loopbackTargets(`http://${own}:8000/`, resolved)?.direct;
+  assert.ok(target, `http://${own}:8000/ is not a loopback URL`);
+  assert.ok(target.desktop.every((address) => /^(127\.[0-9.]+|\[::1\])$/.test(address)), JSON.stringify(target.desktop));
+  assert.equal(loopbackTargets("http://nowhere.urlserver-test.invalid:8000/", resolved), undefined);
 });
