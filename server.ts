@@ -1027,9 +1027,24 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
     }
   };
 
-  // answer() with no reason means opened. A URL that names a host the
-  // desktop must look up (to know whether it is its own loopback) spends its
-  // rate token before the lookup, so that a flood costs no lookups.
+  // This connection's forwards; none under --no-forward-loopback. The client
+  // hears of every change, for send.ts --status.
+  const forwarder = master.controlPath
+    ? loopbackForwarder(options, host, { controlPath: master.controlPath, live: master.live }, (list) => send(`forwards ${list}`))
+    : undefined;
+  const openRequested = urlDecisions(host, options, state, forwarder);
+  return { onLine, stop };
+}
+
+type ConnectionForwards = ReturnType<typeof loopbackForwarder>;
+
+// What becomes of each URL of a connection: refused, opened, or forwarded
+// then opened. answer() with no reason means opened.
+function urlDecisions(host: string, options: Options, state: HostState, forwarder?: ConnectionForwards) {
+  const { budget } = state;
+  // A URL that names a host the desktop must look up (to know whether it is
+  // its own loopback) spends its rate token before the lookup, so that a
+  // flood costs no lookups.
   const openRequested = (url: string, answer: (refusal?: string) => void) => {
     const refusal = refusalReason(url, options.schemes);
     if (refusal) return refuse(url, refusal, answer);
@@ -1082,12 +1097,7 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
     answer(refusal);
   };
 
-  // This connection's forwards; none under --no-forward-loopback. The client
-  // hears of every change, for send.ts --status.
-  const forwarder = master.controlPath
-    ? loopbackForwarder(options, host, { controlPath: master.controlPath, live: master.live }, (list) => send(`forwards ${list}`))
-    : undefined;
-  return { onLine, stop };
+  return openRequested;
 }
 
 // The server trusts nothing from the remote host: every check is made here again.
@@ -1310,207 +1320,221 @@ type Forward = {
 // Which desktop port a target was given, and which of its addresses the URL added there.
 type Placed = { forward: Forward; added: string[] };
 
+// One connection's forwards and what they need: the state the steps below share.
+type Forwarder = {
+  options: Options;
+  host: string;
+  master: { controlPath: string; live: Set<ChildProcess> };
+  /** Told the live forwards after each change: the client hears them, for send.ts --status. */
+  changed: (list: string) => void;
+  /** By desktop port. */
+  forwards: Map<number, Forward>;
+  /** Remote port, and the other desktop port a direct URL to it was given. */
+  moved: Map<number, number>;
+  /** URLs are forwarded one at a time. */
+  queue: Promise<unknown>;
+  /** Desktop connections being carried, all forwards together. */
+  carried: number;
+  relaysMade: number;
+  /** The connection has ended: nothing more is made, told or cancelled. */
+  stopped: boolean;
+};
+
 function loopbackForwarder(options: Options, host: string, master: { controlPath: string; live: Set<ChildProcess> },
   changed: (list: string) => void) {
-  const forwards = new Map<number, Forward>();
-  // Remote port, and the other desktop port a direct URL to it was given.
-  const moved = new Map<number, number>();
-  let queue: Promise<unknown> = Promise.resolve();
-  let carried = 0;
-  let relaysMade = 0;
-  let stopped = false;
-  const idleMs = options.forwardIdleSeconds * 1000;
-
-  const tell = () => {
-    if (!stopped) changed(forwardList([...forwards.values()]));
-  };
-
-  const arm = (forward: Forward) => {
-    clearTimeout(forward.idle);
-    forward.idle = setTimeout(() => release(forward, `no connection for ${duration(idleMs)}`), idleMs);
-  };
-
-  // Stops listening on addresses (all of them: the forward is gone); connections already carried finish.
-  const release = (forward: Forward, why: string, addresses = [...forward.listeners.keys()]) => {
-    if (addresses.length === 0) return;
-    const remote = forward.listeners.get(addresses[0])?.remote ?? "localhost";
-    for (const address of addresses) forward.listeners.get(address)?.server.close();
-    for (const address of addresses) forward.listeners.delete(address);
-    if (forward.listeners.size === 0) {
-      clearTimeout(forward.idle);
-      for (const [remote, path] of forward.relays) closeRelay(path, remote, forward.remotePort);
-      forward.relays.clear();
-      forwards.delete(forward.desktopPort);
-      if (moved.get(forward.remotePort) === forward.desktopPort) moved.delete(forward.remotePort);
-    }
-    recordForward(options, host, { what: "released", forward, addresses, remote, url: forward.url, why });
-    tell();
-  };
-
-  // The master's relay to remote:port, made now: a Unix socket in the private directory.
-  const openRelay = (forward: Forward, remote: string): Promise<MasterAnswer> => {
-    if (forward.relays.has(remote)) return Promise.resolve("done");
-    const path = `${master.controlPath}.${++relaysMade}`;
-    return askMaster(options.ssh, master.controlPath, host, "forward", `${path}:${remote}:${forward.remotePort}`, forward.desktopPort, master.live)
-      .then((answer) => {
-        if (answer === "done") forward.relays.set(remote, path);
-        return answer;
-      });
-  };
-
-  // Once the connection has ended, its master and relays are gone with it.
-  const closeRelay = (path: string, remote: string, remotePort: number) => {
-    if (stopped) return;
-    askMaster(options.ssh, master.controlPath, host, "cancel", `${path}:${remote}:${remotePort}`, remotePort, master.live)
-      .then(() => rmSync(path, { force: true }), crash);
-  };
-
-  // A connection accepted on the desktop port, carried through the master's relay.
-  const carry = (forward: Forward, remote: string, socket: Socket) => {
-    const path = forward.relays.get(remote);
-    if (carried >= MAX_CARRIED_CONNECTIONS || stopped || !path) {
-      socket.destroy();
-      return;
-    }
-    carried += 1;
-    forward.connections += 1;
-    forward.served = true;
-    clearTimeout(forward.idle);
-    const relay = connect(path);
-    socket.pipe(relay);
-    relay.pipe(socket);
-    relay.on("error", () => socket.destroy());
-    socket.on("error", () => relay.destroy());
-    socket.on("close", () => {
-      relay.destroy();
-      carried -= 1;
-      forward.connections -= 1;
-      if (forward.connections > 0 || !forwards.has(forward.desktopPort) || stopped) return;
-      if (forward.callback && forward.served) return release(forward, "its callback was served");
-      arm(forward);
-    });
-  };
-
-  // Listens on each address, or on none: a port counts as free only if it is
-  // free on every address, or a browser could reach the desktop's own program.
-  const listenAll = async (forward: Forward, addresses: string[], remote: string): Promise<"done" | "in use" | { refusal: string }> => {
-    const made: string[] = [];
-    for (const address of addresses) {
-      const server = await listenOn(address, forward.desktopPort, (socket) => carry(forward, remote, socket));
-      if (server === "in use" || "refusal" in server) {
-        for (const each of made) forward.listeners.get(each)?.server.close();
-        for (const each of made) forward.listeners.delete(each);
-        return server;
-      }
-      forward.listeners.set(address, { server, remote });
-      made.push(address);
-    }
-    return "done";
-  };
-
-  // A desktop port that leads to the target: one of this connection's, or a new one.
-  const place = async (target: LoopbackTarget, movable: boolean, url: string, callback: boolean): Promise<Placed | { refusal: string }> => {
-    const { port } = target;
-    // Without ::1 on the desktop a browser connects to a name over IPv4 only.
-    const addresses = hasIpv6Loopback() ? target.desktop : target.desktop.filter((address) => address !== "[::1]");
-    if (addresses.length === 0) return { refusal: `cannot forward desktop port ${port}: the desktop has no IPv6 loopback` };
-    const last = movable ? Math.min(65535, port + MAX_PORT_MOVE) : port;
-    const candidates = new Set([(movable && moved.get(port)) || port, ...Array.from({ length: last - port }, (_, i) => port + 1 + i)]);
-    for (const desktopPort of candidates) {
-      const existing = forwards.get(desktopPort);
-      // This connection's own forward there, leading to another remote port: in use.
-      if (existing && existing.remotePort !== port) continue;
-      const missing = addresses.filter((address) => !existing?.listeners.has(address));
-      if (existing && missing.length === 0) return { forward: existing, added: [] };
-      if (!existing && forwards.size >= MAX_FORWARDED_PORTS) return { refusal: "too many forwarded ports for this connection" };
-      const forward: Forward = existing ?? { desktopPort, remotePort: port, listeners: new Map(), relays: new Map(), url, callback, served: false, connections: 0 };
-      const answer = await listenAll(forward, missing, target.remote);
-      if (answer === "done") {
-        const relayed = await openRelay(forward, target.remote);
-        if (relayed !== "done") {
-          // Nothing listens for a URL whose relay could not be made.
-          for (const address of missing) forward.listeners.get(address)?.server.close();
-          for (const address of missing) forward.listeners.delete(address);
-          return relayed === "in use" ? { refusal: `cannot forward desktop port ${desktopPort}: ssh could not listen on its relay` } : relayed;
-        }
-        forwards.set(desktopPort, forward);
-        if (desktopPort !== port) moved.set(port, desktopPort);
-        recordForward(options, host, { what: "made", forward, addresses: missing, remote: target.remote, url });
-        return { forward, added: missing };
-      }
-      if (answer !== "in use") return answer;
-    }
-    return { refusal: last > port ? `desktop port ${port} is in use, and so is every desktop port up to ${last}` : `desktop port ${port} is in use` };
-  };
-
-  const forward = async (url: string, { direct, redirects }: LoopbackUrl): Promise<Forwarded> => {
-    // A redirect back to the URL's own host and port needs no second forward, nor a second word in the log.
-    const callbacks = redirects.filter((target) => JSON.stringify(target) !== JSON.stringify(direct));
-    if (callbacks.length > 1) {
-      return { refusal: `it has ${callbacks.length} loopback redirect targets (${callbacks.map((target) => `port ${target.port}`).join(", ")}): at most one is forwarded` };
-    }
-    const movable = direct !== undefined && redirects.length === 0 && withPort(url, direct.port) !== undefined;
-    const made: Placed[] = [];
-    const undo = (why: string) => made.splice(0).reverse().forEach(({ forward, added }) => release(forward, why, added));
-    let opened = url;
-    const notes: string[] = [];
-    for (const target of direct ? [direct, ...callbacks] : callbacks) {
-      const placed = await place(target, movable, url, target !== direct);
-      if ("refusal" in placed) {
-        undo("its URL was refused");
-        return placed;
-      }
-      const { forward, added } = placed;
-      made.push(placed);
-      // A page visited directly is visited again: its forward waits for the idle bound.
-      if (target === direct) forward.callback = false;
-      if (forward.connections === 0) arm(forward);
-      const { desktopPort } = forward;
-      if (desktopPort === target.port) {
-        notes.push(`, port ${desktopPort} ${added.length > 0 ? "forwarded" : "already forwarded"}`);
-        continue;
-      }
-      const rewritten = withPort(url, desktopPort);
-      if (!rewritten) {
-        undo("its URL was refused");
-        return { refusal: `desktop port ${target.port} is in use, and the URL's port cannot be rewritten` };
-      }
-      opened = rewritten;
-      notes.push(added.length > 0 ? `, desktop port ${target.port} is in use: forwarded desktop port ${desktopPort} to remote port ${target.port}`
-        : `, desktop port ${desktopPort} already forwarded to remote port ${target.port}`);
-    }
-    tell();
-    return { url: opened, note: notes.join(""), undo };
-  };
-
-  const forwarder = {
-    host,
+  const forwarder: Forwarder = { options, host, master, changed, forwards: new Map(), moved: new Map(), queue: Promise.resolve(),
+    carried: 0, relaysMade: 0, stopped: false };
+  liveForwarders.add(forwarder);
+  return {
     forward: (url: string, loopback: LoopbackUrl): Promise<Forwarded> => {
-      const forwarded = queue.then(() => forward(url, loopback));
-      queue = forwarded.catch(() => undefined);
+      const forwarded = forwarder.queue.then(() => forwardUrl(forwarder, url, loopback));
+      forwarder.queue = forwarded.catch(() => undefined);
       return forwarded;
     },
-    /** The live forwards, for the log on SIGUSR1. */
-    live: () => [...forwards.values()],
     /** The connection has ended: every forward goes with it. */
     stop: () => {
-      stopped = true;
+      forwarder.stopped = true;
       liveForwarders.delete(forwarder);
-      for (const forward of [...forwards.values()]) release(forward, "the connection ended");
+      for (const forward of [...forwarder.forwards.values()]) releaseForward(forwarder, forward, "the connection ended");
     },
   };
-  liveForwarders.add(forwarder);
-  return forwarder;
+}
+
+// Every target of one URL placed, or none: a refusal undoes what the URL made.
+async function forwardUrl(forwarder: Forwarder, url: string, { direct, redirects }: LoopbackUrl): Promise<Forwarded> {
+  // A redirect back to the URL's own host and port needs no second forward, nor a second word in the log.
+  const callbacks = redirects.filter((target) => JSON.stringify(target) !== JSON.stringify(direct));
+  if (callbacks.length > 1) {
+    const ports = callbacks.map((target) => `port ${target.port}`).join(", ");
+    return { refusal: `it has ${callbacks.length} loopback redirect targets (${ports}): at most one is forwarded` };
+  }
+  const movable = direct !== undefined && redirects.length === 0 && withPort(url, direct.port) !== undefined;
+  const made: Placed[] = [];
+  const undo = (why: string) => made.splice(0).reverse().forEach(({ forward, added }) => releaseForward(forwarder, forward, why, added));
+  let opened = url;
+  const notes: string[] = [];
+  for (const target of direct ? [direct, ...callbacks] : callbacks) {
+    const placed = await placeTarget(forwarder, target, movable, url, target !== direct);
+    if ("refusal" in placed) {
+      undo("its URL was refused");
+      return placed;
+    }
+    const { forward, added } = placed;
+    made.push(placed);
+    // A page visited directly is visited again: its forward waits for the idle bound.
+    if (target === direct) forward.callback = false;
+    if (forward.connections === 0) armForward(forwarder, forward);
+    const { desktopPort } = forward;
+    if (desktopPort === target.port) {
+      notes.push(`, port ${desktopPort} ${added.length > 0 ? "forwarded" : "already forwarded"}`);
+      continue;
+    }
+    const rewritten = withPort(url, desktopPort);
+    if (!rewritten) {
+      undo("its URL was refused");
+      return { refusal: `desktop port ${target.port} is in use, and the URL's port cannot be rewritten` };
+    }
+    opened = rewritten;
+    notes.push(added.length > 0 ? `, desktop port ${target.port} is in use: forwarded desktop port ${desktopPort} to remote port ${target.port}`
+      : `, desktop port ${desktopPort} already forwarded to remote port ${target.port}`);
+  }
+  tellForwards(forwarder);
+  return { url: opened, note: notes.join(""), undo };
+}
+
+// A desktop port that leads to the target: one of this connection's, or a new one.
+async function placeTarget(forwarder: Forwarder, target: LoopbackTarget, movable: boolean, url: string,
+  callback: boolean): Promise<Placed | { refusal: string }> {
+  const { forwards, moved } = forwarder;
+  const { port } = target;
+  // Without ::1 on the desktop a browser connects to a name over IPv4 only.
+  const addresses = hasIpv6Loopback() ? target.desktop : target.desktop.filter((address) => address !== "[::1]");
+  if (addresses.length === 0) return { refusal: `cannot forward desktop port ${port}: the desktop has no IPv6 loopback` };
+  const last = movable ? Math.min(65535, port + MAX_PORT_MOVE) : port;
+  const candidates = new Set([(movable && moved.get(port)) || port, ...Array.from({ length: last - port }, (_, i) => port + 1 + i)]);
+  for (const desktopPort of candidates) {
+    const existing = forwards.get(desktopPort);
+    // This connection's own forward there, leading to another remote port: in use.
+    if (existing && existing.remotePort !== port) continue;
+    const missing = addresses.filter((address) => !existing?.listeners.has(address));
+    if (existing && missing.length === 0) return { forward: existing, added: [] };
+    if (!existing && forwards.size >= MAX_FORWARDED_PORTS) return { refusal: "too many forwarded ports for this connection" };
+    const forward: Forward = existing ?? { desktopPort, remotePort: port, listeners: new Map(), relays: new Map(), url, callback, served: false, connections: 0 };
+    const answer = await listenAll(forwarder, forward, missing, target.remote);
+    if (answer === "in use") continue;
+    if (answer !== "done") return answer;
+    const relayed = await openRelay(forwarder, forward, target.remote);
+    if (relayed !== "done") {
+      // Nothing listens for a URL whose relay could not be made.
+      closeListeners(forward, missing);
+      return relayed === "in use" ? { refusal: `cannot forward desktop port ${desktopPort}: ssh could not listen on its relay` } : relayed;
+    }
+    forwards.set(desktopPort, forward);
+    if (desktopPort !== port) moved.set(port, desktopPort);
+    recordForward(forwarder.options, forwarder.host, { what: "made", forward, addresses: missing, remote: target.remote, url });
+    return { forward, added: missing };
+  }
+  return { refusal: last > port ? `desktop port ${port} is in use, and so is every desktop port up to ${last}` : `desktop port ${port} is in use` };
+}
+
+// Listens on each address, or on none: a port counts as free only if it is
+// free on every address, or a browser could reach the desktop's own program.
+async function listenAll(forwarder: Forwarder, forward: Forward, addresses: string[], remote: string): Promise<"done" | "in use" | { refusal: string }> {
+  const made: string[] = [];
+  for (const address of addresses) {
+    const server = await listenOn(address, forward.desktopPort, (socket) => carryConnection(forwarder, forward, remote, socket));
+    if (server === "in use" || "refusal" in server) {
+      closeListeners(forward, made);
+      return server;
+    }
+    forward.listeners.set(address, { server, remote });
+    made.push(address);
+  }
+  return "done";
+}
+
+function closeListeners(forward: Forward, addresses: string[]): void {
+  for (const address of addresses) forward.listeners.get(address)?.server.close();
+  for (const address of addresses) forward.listeners.delete(address);
+}
+
+// The master's relay to remote:port, made now: a Unix socket in the private directory.
+async function openRelay(forwarder: Forwarder, forward: Forward, remote: string): Promise<MasterAnswer> {
+  if (forward.relays.has(remote)) return "done";
+  const { options, master, host } = forwarder;
+  const path = `${master.controlPath}.${++forwarder.relaysMade}`;
+  const answer = await askMaster(options.ssh, master.controlPath, host, "forward", `${path}:${remote}:${forward.remotePort}`, forward.desktopPort, master.live);
+  if (answer === "done") forward.relays.set(remote, path);
+  return answer;
+}
+
+// Once the connection has ended, its master and relays are gone with it.
+function closeRelay(forwarder: Forwarder, path: string, remote: string, remotePort: number): void {
+  if (forwarder.stopped) return;
+  const { options, master, host } = forwarder;
+  askMaster(options.ssh, master.controlPath, host, "cancel", `${path}:${remote}:${remotePort}`, remotePort, master.live)
+    .then(() => rmSync(path, { force: true }), crash);
+}
+
+// A connection accepted on the desktop port, carried through the master's relay.
+function carryConnection(forwarder: Forwarder, forward: Forward, remote: string, socket: Socket): void {
+  const path = forward.relays.get(remote);
+  if (forwarder.carried >= MAX_CARRIED_CONNECTIONS || forwarder.stopped || !path) {
+    socket.destroy();
+    return;
+  }
+  forwarder.carried += 1;
+  forward.connections += 1;
+  forward.served = true;
+  clearTimeout(forward.idle);
+  const relay = connect(path);
+  socket.pipe(relay);
+  relay.pipe(socket);
+  relay.on("error", () => socket.destroy());
+  socket.on("error", () => relay.destroy());
+  socket.on("close", () => {
+    relay.destroy();
+    forwarder.carried -= 1;
+    forward.connections -= 1;
+    if (forward.connections > 0 || !forwarder.forwards.has(forward.desktopPort) || forwarder.stopped) return;
+    if (forward.callback && forward.served) return releaseForward(forwarder, forward, "its callback was served");
+    armForward(forwarder, forward);
+  });
+}
+
+function armForward(forwarder: Forwarder, forward: Forward): void {
+  const idleMs = forwarder.options.forwardIdleSeconds * 1000;
+  clearTimeout(forward.idle);
+  forward.idle = setTimeout(() => releaseForward(forwarder, forward, `no connection for ${duration(idleMs)}`), idleMs);
+}
+
+// Stops listening on addresses (all of them: the forward is gone); connections already carried finish.
+function releaseForward(forwarder: Forwarder, forward: Forward, why: string, addresses = [...forward.listeners.keys()]): void {
+  if (addresses.length === 0) return;
+  const remote = forward.listeners.get(addresses[0])?.remote ?? "localhost";
+  closeListeners(forward, addresses);
+  if (forward.listeners.size === 0) {
+    clearTimeout(forward.idle);
+    for (const [to, path] of forward.relays) closeRelay(forwarder, path, to, forward.remotePort);
+    forward.relays.clear();
+    forwarder.forwards.delete(forward.desktopPort);
+    if (forwarder.moved.get(forward.remotePort) === forward.desktopPort) forwarder.moved.delete(forward.remotePort);
+  }
+  recordForward(forwarder.options, forwarder.host, { what: "released", forward, addresses, remote, url: forward.url, why });
+  tellForwards(forwarder);
+}
+
+function tellForwards(forwarder: Forwarder): void {
+  if (!forwarder.stopped) forwarder.changed(forwardList([...forwarder.forwards.values()]));
 }
 
 // Every connection's forwarder, for the log of live forwards on SIGUSR1.
-const liveForwarders = new Set<{ host: string; live: () => Forward[] }>();
+const liveForwarders = new Set<Forwarder>();
 
 function logLiveForwards(): void {
-  for (const { host, live } of liveForwarders) {
-    const forwards = live();
-    if (forwards.length === 0) log(host, "live forwards: none");
-    for (const forward of forwards) {
+  for (const { host, forwards } of liveForwarders) {
+    if (forwards.size === 0) log(host, "live forwards: none");
+    for (const forward of forwards.values()) {
       const desktop = [...forward.listeners.keys()].map((address) => `${address}:${forward.desktopPort}`).join(" and ");
       const remote = [...forward.listeners.values()][0]?.remote ?? "localhost";
       log(host, `live forward: desktop ${desktop} to remote ${remote}:${forward.remotePort}, for ${quoted(shortened(forward.url))}` +
