@@ -73,7 +73,8 @@ Options:
                          instead of forwarding their port over the connection
   --forward-idle SECONDS how long a forwarded port is kept without a
                          connection, 1 to 86400; a callback's port goes once
-                         its callback is served (default: 600)
+                         its callback is served (default: 600); kill -USR2
+                         logs the live forwards
   --local                run client.ts from beside this script on this
                          machine, without ssh (one HOST, used as a label)
   --install              instead of serving: put client.ts and send.ts from
@@ -265,7 +266,9 @@ async function main(argv: string[]): Promise<number> {
   }
   const live = new Set<ChildProcess>();
   cleanups.push(() => live.forEach((child) => child.kill("SIGTERM")));
-  process.on("SIGUSR1", logLiveForwards);
+  // SIGUSR2, not SIGUSR1: Deno and Node start their inspector, a debugger
+  // on 127.0.0.1:9229 that any local user could drive, on SIGUSR1.
+  process.on("SIGUSR2", logLiveForwards);
   const serving = options.hosts.map((host) => serveHost(host, options, live));
   // Pushed last, so said first: a server ended by a signal says so.
   cleanups.push((signal) => {
@@ -1528,7 +1531,7 @@ function tellForwards(forwarder: Forwarder): void {
   if (!forwarder.stopped) forwarder.changed(forwardList([...forwarder.forwards.values()]));
 }
 
-// Every connection's forwarder, for the log of live forwards on SIGUSR1.
+// Every connection's forwarder, for the log of live forwards on SIGUSR2.
 const liveForwarders = new Set<Forwarder>();
 
 function logLiveForwards(): void {

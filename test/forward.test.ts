@@ -560,7 +560,7 @@ test("over real ssh: a callback's forward is released once its callback has been
   ]);
 });
 
-test("over real ssh: send.ts --status and SIGUSR1 list the live forwards; a URL the opener refuses takes its forward with it", { timeout: 60_000 }, async (t) => {
+test("over real ssh: send.ts --status and SIGUSR2 list the live forwards; a URL the opener refuses takes its forward with it", { timeout: 60_000 }, async (t) => {
   const dir = tempDir(t);
   const opener = join(dir, "opener");
   // Opens the first URL (as the fetching browser), fails the second (as xdg-open without a browser).
@@ -578,7 +578,7 @@ test("over real ssh: send.ts --status and SIGUSR1 list the live forwards; a URL 
   const status = await sendFromRemote(t, forwarding, ["--status"]);
   assert.equal(status.code, 0, status.stderr);
   assert.match(status.stdout, /^connected to desktop .*\ndesktop ports forwarded to this host: 8175$/);
-  process.kill(session.server.pid, "SIGUSR1");
+  process.kill(session.server.pid, "SIGUSR2");
   await session.server.stderr.waitFor(/Z sshd-host: live forward: desktop 127\.0\.0\.1:8175 to remote 127\.0\.0\.1:8175, for "http:\/\/127\.0\.0\.1:8175\/" \(direct, \d+ connections open\)$/, 5000);
 
   const refusedUrl = "http://127.0.0.1:8176/";
