@@ -22,7 +22,7 @@ import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { FAKE_BROWSER, ROOT, isAlive, killIfAlive, needs, notOpened, opened, send, start, startSession, tempDir, waitForExit, waitUntil } from "./helpers.ts";
+import { FAKE_BROWSER, ROOT, isAlive, killIfAlive, needs, notOpened, opened, run, send, start, startSession, tempDir, waitForExit, waitUntil } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 import { commandOf, startSshd } from "./fixtures/sshd.ts";
 import type { Sshd } from "./fixtures/sshd.ts";
@@ -129,6 +129,16 @@ test("an ssh master that never answers a forward request: refused after 10 s, th
   await waitUntil(() => !isAlive(request), 2000, "the hung forward request to be killed");
   const after = await send(t, session, ["https://example.org/still-served"]);
   assert.equal(after.code, 0, after.stderr);
+});
+
+test("--forward-idle takes 1 to 86400 seconds; anything else is a usage error", { timeout: 60_000 }, async (t) => {
+  const values = ["0", "0.5x", "86401", "soon", ""];
+  const results = await Promise.all(values.map((value) => run(t, "server.ts", ["--forward-idle", value, "testhost"], { timeoutMs: 50_000 })));
+  for (const [i, value] of values.entries()) {
+    const result = results[i];
+    assert.equal(result.code, 64, value);
+    assert.equal(result.stderr, `server: --forward-idle needs a number of seconds from 1 to 86400, not "${value}"\nRun "server.ts --help" for usage.`);
+  }
 });
 
 test("a loopback URL on a port below 1024 is refused without asking ssh", { timeout: 20_000 }, async (t) => {
