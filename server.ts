@@ -1426,10 +1426,11 @@ async function placeTarget(forwarder: Forwarder, target: LoopbackTarget, movable
     const answer = await listenAll(forwarder, forward, missing, target.remote);
     if (answer === "in use") continue;
     if (answer !== "done") return answer;
-    const relayed = await openRelay(forwarder, forward, target.remote);
-    if (relayed !== "done") {
-      // Nothing listens for a URL whose relay could not be made.
+    const relayed = forwarder.stopped ? "ended" : await openRelay(forwarder, forward, target.remote);
+    if (relayed !== "done" || forwarder.stopped) {
+      // Nothing listens for a URL whose relay could not be made, nor once the connection has ended.
       closeListeners(forward, missing);
+      if (relayed === "done" || relayed === "ended") return { refusal: "the connection to the host has ended" };
       return relayed === "in use" ? { refusal: `cannot forward desktop port ${desktopPort}: ssh could not listen on its relay` } : relayed;
     }
     forwards.set(desktopPort, forward);
@@ -1512,7 +1513,9 @@ function armForward(forwarder: Forwarder, forward: Forward): void {
 }
 
 // Stops listening on addresses (all of them: the forward is gone); connections already carried finish.
-function releaseForward(forwarder: Forwarder, forward: Forward, why: string, addresses = [...forward.listeners.keys()]): void {
+function releaseForward(forwarder: Forwarder, forward: Forward, why: string, asked = [...forward.listeners.keys()]): void {
+  // What is released already (an undo after the connection ended) is not released, nor logged, twice.
+  const addresses = asked.filter((address) => forward.listeners.has(address));
   if (addresses.length === 0) return;
   const remote = forward.listeners.get(addresses[0])?.remote ?? "localhost";
   closeListeners(forward, addresses);
