@@ -87,16 +87,23 @@ test("loopback URLs ask ssh for a relay to their port, where the forward connect
     ["https://auth.example/?redirect_uri=https%3A%2F%2Fexample.org%2F&redirect_uri=http%3A%2F%2F127.0.0.1%3A19002%2F", "127.0.0.1:19002"],
     ["https://api.example/oauth/authorize?oauth_callback=http%3A%2F%2F127.0.0.1%3A19003%2Fcb", "127.0.0.1:19003"],
   ];
-  for (const [index, [url, remote]] of forwarded.entries()) {
-    const port = remote.split(":").at(-1);
-    const result = await send(t, session, [url]);
-    assert.equal(result.code, 65, result.stderr);
-    assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: cannot forward desktop port ${port}: fake-ssh: expected [options] -- HOST COMMAND`], [url]));
-    assert.deepEqual(forwardRequests(session).at(-1), ["-S", controlPath, "-O", "forward", "-L", `${controlPath}.${index + 1}:${remote}`, "--", "testhost"]);
-    // A refused URL leaves nothing listening on the desktop.
-    assert.equal(await connectsTo(Number(port), "127.0.0.1"), "ECONNREFUSED", url);
-  }
-  assert.equal(forwardRequests(session).length, forwarded.length, "one relay asked for per URL");
+  const urls = forwarded.map(([url]) => url);
+  const refused = await send(t, session, ["--timeout", "60", ...urls], 90_000);
+  assert.equal(refused.code, 65, refused.stderr);
+  assert.equal(refused.stderr, notOpened(forwarded.map(([url, remote]) =>
+    `send: refused ${JSON.stringify(url)}: cannot forward desktop port ${remote.split(":").at(-1)}: fake-ssh: expected [options] -- HOST COMMAND`), urls));
+  // One relay asked for per URL, each at a path of its own (URLs whose hosts are looked up first come later).
+  const requests = forwardRequests(session);
+  assert.equal(requests.length, forwarded.length, "one relay asked for per URL");
+  const relays = requests.map((args) => {
+    assert.deepEqual([...args.slice(0, 5), ...args.slice(6)], ["-S", controlPath, "-O", "forward", "-L", "--", "testhost"]);
+    return /^(.*)\.(\d+):(.*)$/.exec(args[5])!;
+  });
+  assert.deepEqual(relays.map(([, path]) => path), requests.map(() => controlPath));
+  assert.deepEqual(relays.map(([, , n]) => Number(n)).sort((x, y) => x - y), forwarded.map((_, i) => i + 1));
+  assert.deepEqual(relays.map(([, , , remote]) => remote).sort(), forwarded.map(([, remote]) => remote).sort());
+  // A refused URL leaves nothing listening on the desktop.
+  for (const [url, remote] of forwarded) assert.equal(await connectsTo(Number(remote.split(":").at(-1)), "127.0.0.1"), "ECONNREFUSED", url);
   assert.doesNotMatch(session.server.stderr.text(), /forwarded desktop/);
 
   const openedAsTheyAre = [
