@@ -399,7 +399,7 @@ async function installHosts(options: Options): Promise<number> {
   }
   let failed = false;
   for (const host of options.hosts) {
-    const problems = await installOn(host, options.ssh, script);
+    const problems = await installOn(host, options, script);
     for (const problem of problems) process.stderr.write(`${PROGRAM}: cannot install on "${host}": ${problem}\n`);
     failed ||= problems.length > 0;
   }
@@ -419,6 +419,11 @@ async function installHosts(options: Options): Promise<number> {
 // leaves a syntax error, never a half-written file installed.
 const INSTALL_TAG = "urlserver-install ";
 const MAX_INSTALL_LINES = 100;
+// Each step of the exchange (the login, each step of the script, the runtime
+// starting) is given as long as a connection's hello; the steps are few, so
+// the whole exchange is bounded too, and a host that stalls is given up, its
+// line said, and the next host tried.
+const INSTALL_STEP_SECONDS = HELLO_TIMEOUT_SECONDS;
 
 function installScript(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -446,11 +451,14 @@ for f in client.ts send.ts; do
   fi
 done
 [ -z "$refused" ] || exit 1
+trap 'rm -f "$tmp"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
 put() {
-  tmp=".$1.urlserver-install.$$"
-  if ! { cat > "$tmp" && chmod 755 "$tmp"; }; then rm -f "$tmp"; say failed cannot write "$PWD/$tmp"; exit 1; fi
+  tmp=
+  tmp=$(mktemp ".$1.urlserver-install.XXXXXX") || { say failed cannot create a temporary file in "$PWD"; exit 1; }
+  if ! { cat > "$tmp" && chmod 755 "$tmp"; }; then say failed cannot write "$PWD/$tmp"; exit 1; fi
   if [ ! -e "$1" ]; then how=installed; elif cmp -s "$tmp" "$1"; then how=unchanged; else how=updated; fi
-  mv -f "$tmp" "$1" || { rm -f "$tmp"; say failed cannot rename "$PWD/$tmp" to "$1"; exit 1; }
+  mv -f "$tmp" "$1" || { say failed cannot rename "$PWD/$tmp" to "$1"; exit 1; }
   say placed "$1" "$how"
 }
 ${files.join("")}"$PWD/send.ts" --version </dev/null >/dev/null 2>&1
@@ -466,11 +474,16 @@ printf '%s\\n' "$said" | sed 's/^/${INSTALL_TAG}said /'
 }
 
 // Runs the script on host; prints what was done, returns what went wrong.
-function installOn(host: string, ssh: string, script: string): Promise<string[]> {
+function installOn(host: string, options: Options, script: string): Promise<string[]> {
   return new Promise((resolve) => {
-    const child = spawn(ssh, ["-T", "--", host, "sh -s"], { stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(options.ssh, [...sshOptions(options), "--", host, "sh -s"], { stdio: ["pipe", "pipe", "pipe"] });
     const stop = () => child.kill("SIGTERM");
     cleanups.push(stop);
+    let silence = "";
+    const watchdog = installWatchdog(() => {
+      silence = `no answer within ${INSTALL_STEP_SECONDS} s`;
+      stop();
+    });
     const lines: string[] = [];
     // For a `date` without %N: the arrival of "starting" and "ran" here.
     let startedAt = 0;
@@ -481,9 +494,10 @@ function installOn(host: string, ssh: string, script: string): Promise<string[]>
       const line = bytes.toString().replace(/\r$/, "");
       if (!line.startsWith(INSTALL_TAG) || lines.length >= MAX_INSTALL_LINES) return;
       const fields = line.slice(INSTALL_TAG.length);
+      watchdog.reset();
       if (fields === "starting") startedAt = performance.now();
       if (fields.startsWith("ran ")) ranAt = performance.now();
-      lines.push(printable(fields));
+      lines.push(fields);
     });
     child.stderr.setEncoding("utf8");
     child.stderr.on("data", (chunk: string) => { stderr = (stderr + chunk).slice(-4096); });
@@ -491,15 +505,39 @@ function installOn(host: string, ssh: string, script: string): Promise<string[]>
     child.stdin.on("error", () => {});
     child.stdin.end(script);
     child.on("error", (error) => {
+      watchdog.stop();
       cleanups.splice(cleanups.indexOf(stop), 1);
-      resolve([`cannot run "${ssh}": ${error.message}`]);
+      resolve([`cannot run "${options.ssh}": ${error.message}`]);
     });
     child.on("close", (code) => {
+      watchdog.stop();
       cleanups.splice(cleanups.indexOf(stop), 1);
       const lastError = printable(stderr.trim().split("\n").pop() ?? "");
-      resolve(installReport(host, lines, code, lastError, ranAt - startedAt));
+      if (silence) resolve([`${silence}${lastError ? `: ${lastError}` : ""}`]);
+      else resolve(installReport(host, lines, code, lastError, ranAt - startedAt));
     });
   });
+}
+
+// The same bounds as serving: ssh's ConnectTimeout and keepalive.
+function sshOptions(options: Options): string[] {
+  const alive = Math.max(1, Math.ceil(options.keepaliveSeconds));
+  return ["-T", "-o", `ServerAliveInterval=${alive}`, "-o", "ServerAliveCountMax=3", "-o", `ConnectTimeout=${CONNECT_TIMEOUT_SECONDS}`];
+}
+
+// Fires once the host has said nothing new for INSTALL_STEP_SECONDS; reset at
+// each line of the script's, paused while the desktop itself is busy.
+function installWatchdog(onSilence: () => void) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const watchdog = {
+    reset: () => {
+      clearTimeout(timer);
+      timer = setTimeout(onSilence, INSTALL_STEP_SECONDS * 1000);
+    },
+    stop: () => clearTimeout(timer),
+  };
+  watchdog.reset();
+  return watchdog;
 }
 
 function installReport(host: string, lines: string[], code: number | null, lastError: string, arrivalMs: number): string[] {
@@ -509,32 +547,51 @@ function installReport(host: string, lines: string[], code: number | null, lastE
   if (foreign.length > 0) {
     return foreign.map((line) => {
       const [, name, ...why] = line.split(" ");
-      return `"${dir}/${name}" ${why.join(" ")}: left alone, nothing installed there`;
+      return printable(`"${dir}/${name}" ${why.join(" ")}: left alone, nothing installed there`);
     });
   }
   const failure = field("failed");
-  if (failure) return [`${failure}${lastError ? `: ${lastError}` : ""}`];
-  const placed = lines.filter((line) => line.startsWith("placed ")).map((line) => line.slice(7));
+  if (failure) return [`${printable(failure)}${lastError ? `: ${lastError}` : ""}`];
+  const placed = lines.filter((line) => line.startsWith("placed ")).map((line) => printable(line.slice(7)));
   if (placed.length < 2) {
     const why = code === 255 ? "ssh exited 255" : `the remote shell exited ${code ?? "on a signal"}`;
     return [`${why}${lastError ? `: ${lastError}` : ""}`];
   }
   const ran = field("ran")?.split(" ") ?? [];
-  const said = lines.filter((line) => line.startsWith("said ")).map((line) => line.slice(5)).filter(Boolean);
+  const said = lines.filter((line) => line.startsWith("said ")).map((line) => printable(line.slice(5))).filter(Boolean);
   if (ran[0] !== "0") {
-    return [`client.ts and send.ts are in "${dir}", but send.ts does not start there (exit ${ran[0] ?? "unknown"}): ${said.at(-1) ?? (lastError || "no message")}`];
+    return [printable(`client.ts and send.ts are in "${dir}", but send.ts does not start there (exit ${ran[0] ?? "unknown"}): `) +
+      (said.at(-1) ?? (lastError || "no message"))];
   }
   const [start, end] = ran.slice(1);
   const ms = /^\d+$/.test(start ?? "") && /^\d+$/.test(end ?? "") ? Number(BigInt(end) - BigInt(start)) / 1e6 : arrivalMs;
   const runtime = / on (.*)$/.exec(said.at(-1) ?? "")?.[1] ?? "an unknown runtime";
   const hint = runtime.includes("npx") ? "; it starts faster with tsx installed there: npm install -g --prefix ~/.local tsx" : "";
-  const browser = dir === field("home") ? "$HOME/send.ts" : `${dir}/send.ts`;
   process.stdout.write([
-    `${host}: ${placed.join(", ")}, in "${dir}"`,
+    `${host}: ${placed.join(", ")}, in ${quoted(dir)}`,
     `${host}: send.ts starts in ${Math.round(ms)} ms on ${runtime}${hint}`,
-    `${host}: add to the shell's start-up file there: export BROWSER="${browser}"`,
+    ...browserAdvice(dir, field("home")).map((line) => `${host}: ${line}`),
   ].map((line) => `${line}\n`).join(""));
   return [];
+}
+
+// The BROWSER line to paste there. The login directory is the remote's word:
+// quoted for the shell whatever it holds, or not offered at all if it cannot
+// be shown on one line as it is.
+function browserAdvice(dir: string, home: string | undefined): string[] {
+  if (dir !== printable(dir)) {
+    return [`the login directory there, ${quoted(dir)}, has control characters: set BROWSER to its send.ts by hand`];
+  }
+  const value = dir === home ? '"$HOME/send.ts"' : shellQuoted(`${dir}/send.ts`);
+  return [
+    `for the programs there, set BROWSER in a start-up file of the shell there: export BROWSER=${value}`,
+    "in ~/.profile it reaches login shells; in ~/.bashrc, interactive shells, and `ssh HOST COMMAND` only above its interactive guard (case $- in ...)",
+  ];
+}
+
+// One word for a POSIX shell, whatever the text: single quotes, each ' in it written '\''.
+function shellQuoted(text: string): string {
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replaceAll("'", "'\\''")}'`;
 }
 
 // The ssh masters' control sockets give access to the connections, so they

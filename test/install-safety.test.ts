@@ -1,0 +1,97 @@
+// Ensures `server.ts --install` is safe against the host it installs to and
+// bounded in time: a symbolic link planted at the temporary name it would
+// once have used is never written through; a host that stalls is given up
+// with one line while the later hosts are still set up, and ssh gets the
+// same ConnectTimeout and keepalive as when serving; the BROWSER line it
+// prints is quoted for the shell whatever login directory the remote reports.
+// The "remote" is a shell run here by a stand-in for ssh that sets the trap
+// first (no sshd needed); send.ts starts there under Node with this
+// checkout's tsx, put on PATH.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { test } from "node:test";
+import type { TestContext } from "node:test";
+import { ROOT, run, tempDir } from "./helpers.ts";
+
+/**
+ * A stand-in for ssh: logs its arguments, then runs the remote command's
+ * shell in the "home" named by FAKE_HOME, after the given trap (shell code;
+ * $$ there is the pid the shell keeps, as it ends by exec).
+ */
+function trappedSsh(dir: string, trap: string, beforeLogin = ""): string {
+  const path = join(dir, "ssh");
+  writeFileSync(path, `#!/bin/sh
+printf '%s\\n' "$*" >> "${dir}/ssh.log"
+for last; do :; done
+[ "$last" = "sh -s" ] || { echo "unexpected remote command: $last" >&2; exit 255; }
+${beforeLogin}
+cd "$FAKE_HOME" || exit 255
+${trap}
+exec sh -s
+`);
+  chmodSync(path, 0o755);
+  return path;
+}
+
+function install(t: TestContext, dir: string, ssh: string, home: string, hosts: string[], timeoutMs = 60_000) {
+  // HOME: the desktop's own caches and the remote's (one machine here) stay in the test's directory.
+  const env = { FAKE_HOME: home, HOME: dir, PATH: `${join(ROOT, "node_modules/.bin")}:${process.env.PATH}` };
+  return run(t, "server.ts", ["--install", "--ssh", ssh, ...hosts], { env, timeoutMs });
+}
+
+test("--install never writes through a symbolic link planted at its temporary names", { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t);
+  const home = join(dir, "home");
+  mkdirSync(home);
+  const victim = join(dir, "authorized_keys");
+  writeFileSync(victim, "ssh-ed25519 AAAA the user's key\n");
+  // The names main's install used, with the pid its shell would have.
+  const ssh = trappedSsh(dir, `ln -s "${victim}" ".client.ts.urlserver-install.$$"; ln -s "${victim}" ".send.ts.urlserver-install.$$"`);
+
+  const result = await install(t, dir, ssh, home, ["trapped"]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(readFileSync(victim, "utf8"), "ssh-ed25519 AAAA the user's key\n", "written through the planted link");
+  for (const name of ["client.ts", "send.ts"]) assert.equal(readFileSync(join(home, name), "utf8"), readFileSync(join(ROOT, name), "utf8"));
+  // The planted links are left as they were, and no temporary file of ours is.
+  assert.deepEqual(readdirSync(home).filter((name) => name.includes("urlserver-install")).sort(),
+    readdirSync(home).filter((name) => /^\.(client|send)\.ts\.urlserver-install\.\d+$/.test(name)).sort());
+  assert.equal(readdirSync(home).filter((name) => name.includes("urlserver-install")).length, 2);
+});
+
+test("--install gives up a host that stalls after 2 min with one line, still sets up the next, and bounds ssh as serving does", { timeout: 200_000 }, async (t) => {
+  const dir = tempDir(t);
+  const home = join(dir, "home");
+  mkdirSync(home);
+  // A login that never finishes: ssh connected, the remote side silent.
+  const ssh = trappedSsh(dir, ":", `case "$*" in *" stalled "*) exec sleep 600;; esac`);
+
+  const result = await install(t, dir, ssh, home, ["stalled", "good"], 180_000);
+  assert.equal(result.code, 69);
+  assert.equal(result.stderr, 'server: cannot install on "stalled": no answer within 120 s');
+  assert.match(result.stdout, /^good: client\.ts installed, send\.ts installed, in "/);
+  assert.ok(result.ms > 119_000, `gave up after ${Math.round(result.ms)} ms`);
+  for (const line of readFileSync(join(dir, "ssh.log"), "utf8").trim().split("\n")) {
+    assert.match(line, /^-T -o ServerAliveInterval=15 -o ServerAliveCountMax=3 -o ConnectTimeout=10 -- (stalled|good) sh -s$/);
+  }
+});
+
+test("--install quotes the BROWSER line for the shell whatever login directory the remote reports", { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t);
+  const home = join(dir, `a"b'c $(touch pwned); \`touch pwned\``);
+  mkdirSync(home);
+  const ssh = trappedSsh(dir, ":");
+
+  const result = await install(t, dir, ssh, home, ["odd"]);
+  assert.equal(result.code, 0, result.stderr);
+  const line = result.stdout.split("\n").find((l) => l.includes("export BROWSER="));
+  assert.ok(line, result.stdout);
+  const assignment = line.slice(line.indexOf("export BROWSER="));
+  // What a user pasting the line gets: exactly that send.ts, and nothing run.
+  const value = execFileSync("sh", ["-c", `${assignment}; printf %s "$BROWSER"`], { cwd: dir, encoding: "utf8" });
+  assert.equal(value, join(home, "send.ts"));
+  assert.equal(existsSync(join(dir, "pwned")), false, "the BROWSER line ran a command");
+  assert.match(result.stdout, /in ~\/\.profile it reaches login shells; in ~\/\.bashrc, interactive shells/);
+});
