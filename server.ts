@@ -28,13 +28,16 @@
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync } from "node:fs";
+import { accessSync, appendFileSync, chmodSync, constants, createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync,
+  realpathSync, renameSync, rmSync, statSync } from "node:fs";
 import { connect } from "node:net";
-import { hostname, networkInterfaces, release, tmpdir } from "node:os";
+import { homedir, hostname, networkInterfaces, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { createGunzip } from "node:zlib";
 
 const PROGRAM = "server";
 const USAGE = `Usage: server.ts [options] HOST...
@@ -210,6 +213,10 @@ type Options = {
   auditLog?: string;
   local: boolean;
   install: boolean;
+  uninstall: boolean;
+  /** With --install: the runtime to provision, and the release file to take it from. */
+  runtime?: RuntimeName;
+  runtimeFile?: string;
   /** Why loopback URLs' ports are not forwarded, if they are not. */
   noForwardReason?: string;
   /** Where the ssh masters' control sockets live; only when loopback ports are forwarded. */
@@ -234,6 +241,7 @@ async function main(argv: string[]): Promise<number> {
     return 64;
   }
   if (options.install) return installHosts(options);
+  if (options.uninstall) return uninstallHosts(options);
   if (options.auditLog) {
     try {
       appendFileSync(options.auditLog, "");
@@ -281,6 +289,9 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       log: { type: "string" },
       local: { type: "boolean", default: false },
       install: { type: "boolean", default: false },
+      uninstall: { type: "boolean", default: false },
+      runtime: { type: "string" },
+      "runtime-file": { type: "string" },
       "no-forward-loopback": { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean" },
@@ -296,6 +307,9 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
   if (new Set(positionals).size !== positionals.length) throw new Error("a HOST is named twice");
   if (values.local && positionals.length > 1) throw new Error("--local serves one HOST: its clients would share one socket");
   if (values.local && values.install) throw new Error("--install works over ssh: --local has no remote home to install into");
+  if (values.local && values.uninstall) throw new Error("--uninstall works over ssh: --local has no remote home to uninstall from");
+  if (values.install && values.uninstall) throw new Error("--install and --uninstall together: choose one");
+  const { runtime, runtimeFile } = runtimeChoice(values.runtime, values["runtime-file"], values.install);
   const env = process.env;
   const browser = values.browser ?? env.URLSERVER_BROWSER;
   return {
@@ -312,8 +326,31 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     auditLog: values.log,
     local: values.local,
     install: values.install,
+    uninstall: values.uninstall,
+    runtime,
+    runtimeFile,
     noForwardReason: values["no-forward-loopback"] ? "--no-forward-loopback is set" : DESKTOP.noMultiplexing,
   };
+}
+
+// --runtime NAME and --runtime-file FILE, which go with --install; the
+// runtime a file holds is said by --runtime or else by the file's name.
+function runtimeChoice(name: string | undefined, file: string | undefined, install: boolean): { runtime?: RuntimeName; runtimeFile?: string } {
+  if (name === undefined && file === undefined) return {};
+  if (!install) throw new Error(`${name !== undefined ? "--runtime" : "--runtime-file"} goes with --install`);
+  if (name !== undefined && !RUNTIME_NAMES.includes(name as RuntimeName)) {
+    throw new Error(`--runtime needs one of ${RUNTIME_NAMES.join(", ")}, not "${name}"`);
+  }
+  if (file === undefined) return { runtime: name as RuntimeName };
+  try {
+    if (!statSync(file).isFile()) throw new Error("not a regular file");
+  } catch (error) {
+    throw new Error(`--runtime-file: cannot read "${file}": ${(error as Error).message}`);
+  }
+  const named = RUNTIME_NAMES.filter((runtime) => new RegExp(`(^|[^a-z])${runtime}([^a-z]|$)`).test(file.split(/[\\/]/).pop()!));
+  const runtime = (name as RuntimeName | undefined) ?? (named.length === 1 ? named[0] : undefined);
+  if (!runtime) throw new Error(`--runtime-file: which runtime "${file}" holds is not in its name: say it with --runtime NAME`);
+  return { runtime, runtimeFile: file };
 }
 
 function positiveNumber(option: string, text: string, zeroAllowed: boolean): number {
@@ -386,9 +423,19 @@ function findNotifier(): string[] | undefined {
     : [program, "--app-name=urlserver"];
 }
 
-// --install: one ssh run per host, whose shell reads installScript() on its
-// stdin (one connection: one password prompt at most), one host at a time so
-// that prompts do not interleave.
+// ============================================================================
+// Installing: --install and --uninstall
+//
+// One ssh run per host, whose shell reads a script on its stdin (one
+// connection: one password prompt at most), one host at a time so that
+// prompts do not interleave. --install places client.ts and send.ts in the
+// login directory, asks send.ts which runtime it starts with there and, on a
+// host with none it can use, provisions one: the release for the host's OS,
+// CPU and C library, fetched and verified by npm on the desktop, kept in a
+// desktop cache, streamed over the same connection and unpacked by the host's
+// own tar. --uninstall removes what --install placed, and nothing else.
+// ============================================================================
+
 async function installHosts(options: Options): Promise<number> {
   let script: string;
   try {
@@ -406,24 +453,42 @@ async function installHosts(options: Options): Promise<number> {
   return failed ? 69 : 0;
 }
 
-// Lines it prints start with INSTALL_TAG; anything else (a shell start-up
-// file that talks) is not ours. Files go where ssh starts the shell, which is
-// where the default remote command finds client.ts. A file there that is not
-// a urlserver script (by its header line), a symbolic link or not a regular
-// file stops the install on that host before anything is written. Each file
-// is written to a temporary name, made executable, then renamed over the old
-// one. Then send.ts --version runs through its own first lines, once to warm
-// caches (npx's download, Node's compile cache), once timed with the remote
-// clock where `date` has %N. The whole script is one { } group, which the
-// shell reads to its end before running any of it: a connection cut short
-// leaves a syntax error, never a half-written file installed.
+// Lines the scripts print start with INSTALL_TAG; anything else (a shell
+// start-up file that talks) is not ours. Files go where ssh starts the shell,
+// which is where the default remote command finds client.ts. A file there
+// that is not a urlserver script (by its header line), a symbolic link or not
+// a regular file stops the install on that host before anything is written.
+// Each file is written to a temporary name made by mktemp (never one another
+// user could have planted a link at), made executable, then renamed over the
+// old one. Then send.ts --version runs through its own first lines, once to
+// warm caches (npx's download, Node's compile cache), once timed with the
+// remote clock where `date` has %N. The whole script is one { } group, which
+// the shell reads to its end before running any of it: a connection cut
+// short leaves a syntax error, never a half-written file installed. Only
+// once it runs does the desktop answer its "want" line, so nothing of the
+// answer (a line, then the release) can be in the shell's own read buffer.
 const INSTALL_TAG = "urlserver-install ";
 const MAX_INSTALL_LINES = 100;
 // Each step of the exchange (the login, each step of the script, the runtime
-// starting) is given as long as a connection's hello; the steps are few, so
-// the whole exchange is bounded too, and a host that stalls is given up, its
-// line said, and the next host tried.
+// starting, the transfer moving on) is given as long as a connection's hello;
+// the steps are few, so the whole exchange is bounded too, and a host that
+// stalls is given up, its line said, and the next host tried. The desktop's
+// own download is not the host's step, and is bounded by npm.
 const INSTALL_STEP_SECONDS = HELLO_TIMEOUT_SECONDS;
+
+// Where --install provisions a runtime on a host, per platform so that a home
+// shared by hosts of different kinds works for each: the first lines look for
+// bin/bun, bin/node or bin/deno there. MARKER says the directory is ours.
+const REMOTE_RUNTIMES = "$HOME/.local/share/urlserver/runtime";
+const RUNTIME_MARKER = ".urlserver-runtime";
+
+export type RuntimeName = "bun" | "node" | "deno";
+const RUNTIME_NAMES: RuntimeName[] = ["bun", "node", "deno"];
+// The releases --install provisions, pinned: the ones the suite and the bench ran on.
+const RUNTIME_RELEASES: Record<RuntimeName, string> = { bun: "1.4.5", node: "24.22.3", deno: "2.9.6" };
+// Chosen by measurement (test/bench.ts; README, Runtimes): the fastest start
+// of send.ts, the smallest download, and the only one with musl builds.
+const DEFAULT_RUNTIME: RuntimeName = "bun";
 
 function installScript(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -451,7 +516,9 @@ for f in client.ts send.ts; do
   fi
 done
 [ -z "$refused" ] || exit 1
-trap 'rm -f "$tmp"' EXIT
+tmp=
+incoming=
+trap 'rm -f "$tmp"; [ -z "$incoming" ] || rm -rf "$incoming"' EXIT
 trap 'exit 1' HUP INT TERM PIPE
 put() {
   tmp=
@@ -461,62 +528,143 @@ put() {
   mv -f "$tmp" "$1" || { say failed cannot rename "$PWD/$tmp" to "$1"; exit 1; }
   say placed "$1" "$how"
 }
-${files.join("")}"$PWD/send.ts" --version </dev/null >/dev/null 2>&1
-say starting
-t0=$(date +%s%N 2>/dev/null)
-said=$("$PWD/send.ts" --version </dev/null 2>&1)
-status=$?
-t1=$(date +%s%N 2>/dev/null)
-say ran "$status" "$t0" "$t1"
-printf '%s\\n' "$said" | sed 's/^/${INSTALL_TAG}said /'
+probe() {
+  "$PWD/send.ts" --version </dev/null >/dev/null 2>&1
+  say starting
+  t0=$(date +%s%N 2>/dev/null)
+  said=$("$PWD/send.ts" --version </dev/null 2>&1)
+  status=$?
+  t1=$(date +%s%N 2>/dev/null)
+  say ran "$status" "$t0" "$t1"
+  printf '%s\\n' "$said" | sed 's/^/${INSTALL_TAG}said /'
 }
+${files.join("")}probe
+${PROVISION_SCRIPT}}
 `;
 }
 
+// The runtime part of the install script. It says the host's platform (the
+// directory the first lines look in: uname -s, uname -m, -musl where musl's
+// loader is; and what picks the build: for x86-64 whether the CPU has AVX2)
+// and what is in that directory now, then waits for the desktop's answer:
+// "none", or "send NAME FORM MARKER" followed by the release (gzip'd or not),
+// which tar unpacks into a directory made by mktemp beside the final one;
+// the runtime's binary alone is moved into bin/ there with the marker, and
+// the whole renamed into place. An interruption leaves the old runtime or
+// none, never half of one; a directory there that lacks the marker is left
+// alone. Leftovers of an install killed outright are swept after an hour.
+const PROVISION_SCRIPT = `musl= libc=glibc cpu=any
+for f in /lib/ld-musl-*; do [ -e "$f" ] && musl=-musl libc=musl; done
+case $(uname -m) in x86_64|amd64)
+  if [ -r /proc/cpuinfo ]; then flags=$(grep -m 1 '^flags' /proc/cpuinfo); else flags=$(sysctl -n machdep.cpu.leaf7_features 2>/dev/null); fi
+  case " $flags " in *[\\ \\	][Aa][Vv][Xx]2[\\ \\	]*) cpu=avx2;; *) cpu=baseline;; esac;;
+esac
+command -v gzip >/dev/null 2>&1 && gz=gzip || gz=no-gzip
+platform="$(uname -s)-$(uname -m)$musl"
+runtimes="${REMOTE_RUNTIMES}"
+target="$runtimes/$platform"
+if [ -L "$target" ] || { [ -e "$target" ] && [ ! -d "$target" ]; }; then state=foreign
+elif [ ! -d "$target" ]; then state=none
+elif [ -f "$target/${RUNTIME_MARKER}" ] && [ ! -L "$target/${RUNTIME_MARKER}" ]; then state="ours $(head -n 1 "$target/${RUNTIME_MARKER}")"
+else state=foreign
+fi
+say platform "$(uname -s)" "$(uname -m)" "$libc" "$cpu" "$gz" "$platform"
+say runtime-dir "$target"
+say runtime-state "$state"
+say want
+read -r verb name form marker || exit 0
+[ "$verb" = send ] || exit 0
+[ "$state" != foreign ] || { say failed "$target" is not a runtime urlserver provisioned: left alone; exit 1; }
+for d in "$HOME/.local/share/urlserver" "$runtimes"; do
+  [ ! -L "$d" ] || { say failed "$d" is a symbolic link: left alone; exit 1; }
+done
+mkdir -p "$runtimes" || { say failed cannot create "$runtimes"; exit 1; }
+find "$runtimes" -maxdepth 1 -name '.incoming.*' -mmin +60 -exec rm -rf {} + 2>/dev/null
+incoming=$(mktemp -d "$runtimes/.incoming.XXXXXX") || { say failed cannot create a temporary directory in "$runtimes"; exit 1; }
+z=; [ "$form" = tgz ] && z=z
+(cd "$incoming" && tar -x\${z}f -) || { say failed cannot unpack the release with tar in "$incoming"; exit 1; }
+bin=
+for f in "$incoming"/*/bin/"$name" "$incoming"/*/"$name" "$incoming"/bin/"$name" "$incoming/$name"; do
+  if [ -f "$f" ] && [ ! -L "$f" ]; then bin=$f; break; fi
+done
+[ -n "$bin" ] || { say failed the release holds no "$name" program; exit 1; }
+mkdir "$incoming/.runtime" "$incoming/.runtime/bin" && mv "$bin" "$incoming/.runtime/bin/$name" &&
+  chmod 755 "$incoming/.runtime/bin/$name" && printf '%s\\n' "$marker" > "$incoming/.runtime/${RUNTIME_MARKER}" ||
+  { say failed cannot arrange the runtime in "$incoming"; exit 1; }
+if [ -d "$target" ]; then mv "$target" "$incoming/.old" || { say failed cannot move the old runtime "$target" aside; exit 1; }; fi
+mv "$incoming/.runtime" "$target" || { say failed cannot rename "$incoming/.runtime" to "$target"; exit 1; }
+say unpacked "$target"
+probe
+`;
+
 // Runs the script on host; prints what was done, returns what went wrong.
-function installOn(host: string, options: Options, script: string): Promise<string[]> {
-  return new Promise((resolve) => {
-    const child = spawn(options.ssh, [...sshOptions(options), "--", host, "sh -s"], { stdio: ["pipe", "pipe", "pipe"] });
-    const stop = () => child.kill("SIGTERM");
-    cleanups.push(stop);
-    let silence = "";
-    const watchdog = installWatchdog(() => {
-      silence = `no answer within ${INSTALL_STEP_SECONDS} s`;
-      stop();
-    });
-    const lines: string[] = [];
-    // For a `date` without %N: the arrival of "starting" and "ran" here.
-    let startedAt = 0;
-    let ranAt = 0;
-    let stderr = "";
-    // What the remote host says is read bounded, as on any connection.
-    readLines(child.stdout, MAX_REMOTE_LINE_BYTES, (bytes) => {
-      const line = bytes.toString().replace(/\r$/, "");
-      if (!line.startsWith(INSTALL_TAG) || lines.length >= MAX_INSTALL_LINES) return;
-      const fields = line.slice(INSTALL_TAG.length);
-      watchdog.reset();
-      if (fields === "starting") startedAt = performance.now();
-      if (fields.startsWith("ran ")) ranAt = performance.now();
-      lines.push(fields);
-    });
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (chunk: string) => { stderr = (stderr + chunk).slice(-4096); });
-    // An ssh that fails to connect stops reading: its exit status says why.
-    child.stdin.on("error", () => {});
-    child.stdin.end(script);
-    child.on("error", (error) => {
+async function installOn(host: string, options: Options, script: string): Promise<string[]> {
+  let provisioning: Promise<Provision> | undefined;
+  const session = remoteShell(host, options, (fields, lines) => {
+    if (fields === "want") provisioning = answerWant(host, options, lines, session);
+  });
+  session.stdin.write(script);
+  const ended = await session.ended;
+  const provision = await provisioning;
+  if (ended.failure) return [ended.failure];
+  return installReport(host, session.lines, ended.code, ended.lastError, session.arrivalMs(), provision);
+}
+
+type RemoteShell = {
+  stdin: NodeJS.WritableStream;
+  lines: string[];
+  watchdog: ReturnType<typeof installWatchdog>;
+  /** For a `date` without %N: the time between the "starting" and "ran" lines arriving here. */
+  arrivalMs: () => number;
+  ended: Promise<{ code: number | null; lastError: string; failure?: string }>;
+};
+
+// `sh -s` on host over ssh, bounded as serving is and by the watchdog. What
+// the host says is read bounded, as on any connection: the tagged lines, at
+// most MAX_INSTALL_LINES, are kept as they came (shown only through printable()).
+function remoteShell(host: string, options: Options, onLine: (fields: string, lines: string[]) => void): RemoteShell {
+  const child = spawn(options.ssh, [...sshOptions(options), "--", host, "sh -s"], { stdio: ["pipe", "pipe", "pipe"] });
+  const stop = () => child.kill("SIGTERM");
+  cleanups.push(stop);
+  let silence = "";
+  const watchdog = installWatchdog(() => {
+    silence = `no answer within ${INSTALL_STEP_SECONDS} s`;
+    stop();
+  });
+  const lines: string[] = [];
+  let startedAt = 0;
+  let ranAt = 0;
+  readLines(child.stdout, MAX_REMOTE_LINE_BYTES, (bytes) => {
+    const line = bytes.toString().replace(/\r$/, "");
+    if (!line.startsWith(INSTALL_TAG) || lines.length >= MAX_INSTALL_LINES) return;
+    const fields = line.slice(INSTALL_TAG.length);
+    watchdog.reset();
+    if (fields === "starting") startedAt = performance.now();
+    if (fields.startsWith("ran ")) ranAt = performance.now();
+    lines.push(fields);
+    onLine(fields, lines);
+  });
+  let stderr = "";
+  child.stderr.setEncoding("utf8");
+  child.stderr.on("data", (chunk: string) => { stderr = (stderr + chunk).slice(-4096); });
+  // An ssh that fails to connect stops reading: its exit status says why.
+  child.stdin.on("error", () => {});
+  const ended = new Promise<{ code: number | null; lastError: string; failure?: string }>((resolve) => {
+    const done = () => {
       watchdog.stop();
-      cleanups.splice(cleanups.indexOf(stop), 1);
-      resolve([`cannot run "${options.ssh}": ${error.message}`]);
+      if (cleanups.includes(stop)) cleanups.splice(cleanups.indexOf(stop), 1);
+    };
+    child.on("error", (error) => {
+      done();
+      resolve({ code: null, lastError: "", failure: `cannot run "${options.ssh}": ${error.message}` });
     });
     child.on("close", (code) => {
-      watchdog.stop();
-      cleanups.splice(cleanups.indexOf(stop), 1);
+      done();
       const lastError = printable(stderr.trim().split("\n").pop() ?? "");
-      if (silence) resolve([`${silence}${lastError ? `: ${lastError}` : ""}`]);
-      else resolve(installReport(host, lines, code, lastError, ranAt - startedAt));
+      resolve({ code, lastError, failure: silence ? `${silence}${lastError ? `: ${lastError}` : ""}` : undefined });
     });
   });
+  return { stdin: child.stdin, lines, watchdog, arrivalMs: () => ranAt - startedAt, ended };
 }
 
 // The same bounds as serving: ssh's ConnectTimeout and keepalive.
@@ -526,7 +674,8 @@ function sshOptions(options: Options): string[] {
 }
 
 // Fires once the host has said nothing new for INSTALL_STEP_SECONDS; reset at
-// each line of the script's, paused while the desktop itself is busy.
+// each line of the script's and as the transfer moves on, paused while the
+// desktop itself is busy.
 function installWatchdog(onSilence: () => void) {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const watchdog = {
@@ -540,7 +689,240 @@ function installWatchdog(onSilence: () => void) {
   return watchdog;
 }
 
-function installReport(host: string, lines: string[], code: number | null, lastError: string, arrivalMs: number): string[] {
+function lastField(lines: string[], key: string): string | undefined {
+  return lines.findLast((line) => line.startsWith(`${key} `))?.slice(key.length + 1);
+}
+
+// ---------------------------------------------------------------------------
+// Provisioning a runtime
+// ---------------------------------------------------------------------------
+
+/** What the host reported of itself, for picking a release. */
+export type HostPlatform = { system: string; machine: string; libc: string; cpu: string; gzip: boolean; name: string };
+
+/** What provisioning did, for the report: a line to show, or why there is no runtime. */
+type Provision = { note?: string; problem?: string };
+
+/** A release file on the desktop, ready to send. */
+type Release = { runtime: RuntimeName; file: string; label: string; marker: string; source: string };
+
+// Answers the script's "want": "none", or "send ..." and the release. Never
+// throws: what went wrong is the report's.
+async function answerWant(host: string, options: Options, lines: string[], session: RemoteShell): Promise<Provision> {
+  const finish = (provision: Provision) => {
+    session.stdin.end("none\n");
+    return provision;
+  };
+  const works = lastField(lines, "ran")?.split(" ")[0] === "0";
+  if (works && !options.runtime && !options.runtimeFile) return finish({});
+  const platform = hostPlatform(lastField(lines, "platform"));
+  if (!platform) return finish({ problem: "the host did not say its platform" });
+  session.watchdog.stop();
+  let release: Release;
+  try {
+    release = await obtainRelease(options, platform);
+  } catch (error) {
+    return finish({ problem: (error as Error).message });
+  } finally {
+    session.watchdog.reset();
+  }
+  const state = lastField(lines, "runtime-state");
+  if (works && state === `ours ${release.marker}`) return finish({ note: `${release.label} was there already` });
+  const where = lastField(lines, "runtime-dir") ?? REMOTE_RUNTIMES;
+  if (state === "foreign") return finish({ problem: `${quoted(where)} is not a runtime urlserver provisioned: left alone` });
+  session.stdin.write(`send ${release.runtime} ${platform.gzip ? "tgz" : "tar"} ${release.marker}\n`);
+  try {
+    const size = await sendRelease(host, release, session, !platform.gzip);
+    return { note: `provisioned ${release.label} in ${quoted(where)} (${megabytes(size)} MB, ${release.source})` };
+  } catch (error) {
+    return { problem: `the transfer of ${release.label} broke off: ${(error as Error).message}` };
+  }
+}
+
+export function hostPlatform(text: string | undefined): HostPlatform | undefined {
+  const [system, machine, libc, cpu, gzip, name, ...rest] = text?.split(" ") ?? [];
+  if (!name || rest.length > 0) return undefined;
+  return { system, machine, libc, cpu, gzip: gzip === "gzip", name };
+}
+
+/** The npm package with a runtime's release for that platform, if there is one. */
+export function runtimePackage(runtime: RuntimeName, host: HostPlatform): string | undefined {
+  const os = ({ Linux: "linux", Darwin: "darwin" } as Record<string, string | undefined>)[host.system];
+  const arch = ({ x86_64: "x64", amd64: "x64", aarch64: "arm64", arm64: "arm64" } as Record<string, string | undefined>)[host.machine];
+  if (!os || !arch) return undefined;
+  const musl = host.libc === "musl";
+  if (runtime === "bun") {
+    const baseline = arch === "x64" && host.cpu !== "avx2";
+    return `@oven/bun-${os}-${arch === "arm64" ? "aarch64" : "x64"}${musl ? "-musl" : ""}${baseline ? "-baseline" : ""}`;
+  }
+  // Neither publishes a musl build on npm; Node's packages there stop at Linux.
+  if (musl) return undefined;
+  if (runtime === "node") return os === "linux" ? `node-linux-${arch}` : undefined;
+  return `@deno/${os}-${arch}${os === "linux" ? "-glibc" : ""}`;
+}
+
+// The release to send: --runtime-file as it is, or the pinned release of the
+// chosen runtime from the desktop's cache, downloaded by npm when not there.
+async function obtainRelease(options: Options, platform: HostPlatform): Promise<Release> {
+  const runtime = options.runtime ?? DEFAULT_RUNTIME;
+  if (options.runtimeFile) {
+    const name = options.runtimeFile.split(/[\\/]/).pop()!;
+    return { runtime, file: options.runtimeFile, label: `${runtime} from ${quoted(name)}`, marker: `${runtime} file ${name.replace(/\s/g, "_")}`, source: "from --runtime-file" };
+  }
+  const version = RUNTIME_RELEASES[runtime];
+  const name = runtimePackage(runtime, platform);
+  if (!name) {
+    const others = RUNTIME_NAMES.filter((other) => runtimePackage(other, platform));
+    return Promise.reject(new Error(`${runtime} has no release for ${platform.name} on npm` +
+      (others.length ? `: --runtime ${others.join(" or ")} has` : ": --runtime-file FILE takes one of your own")));
+  }
+  const spec = `${name}@${version}`;
+  const cache = runtimeCache();
+  const file = join(cache, `${name.replace(/^@/, "").replace("/", "-")}-${version}.tgz`);
+  const source = existsSync(file) ? "from the cache" : (await downloadRelease(spec, cache, file), "downloaded, verified by npm");
+  return { runtime, file, label: `${runtime} ${version}`, marker: `${runtime} ${spec}`, source };
+}
+
+// The desktop's cache of releases: private to this user, as a download in
+// progress there is what will run on the user's hosts.
+function runtimeCache(): string {
+  const base = process.env.XDG_CACHE_HOME || join(homedir(), ".cache");
+  const dir = join(base, "urlserver", "runtimes");
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const stat = lstatSync(dir);
+  if (!stat.isDirectory() || (process.getuid && stat.uid !== process.getuid())) {
+    throw new Error(`the runtime cache ${quoted(dir)} is not a directory of this user's`);
+  }
+  if ((stat.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+  return dir;
+}
+
+// npm fetches the release and checks it against the registry's integrity
+// hash, with the user's registry, proxy and certificate settings; into a
+// directory of its own (its own npm cache too, whose growth is the progress),
+// run from there so that no project's .npmrc applies; renamed into the cache
+// once whole.
+async function downloadRelease(spec: string, cache: string, file: string): Promise<void> {
+  const work = mkdtempSync(join(cache, ".download-"));
+  const remove = () => rmSync(work, { recursive: true, force: true });
+  cleanups.push(remove);
+  try {
+    const filename = await npmPack(spec, work);
+    renameSync(join(work, filename), file);
+  } finally {
+    cleanups.splice(cleanups.indexOf(remove), 1);
+    remove();
+  }
+}
+
+function npmPack(spec: string, work: string): Promise<string> {
+  const args = ["pack", spec, "--pack-destination", work, "--cache", join(work, "npm"), "--json", "--no-update-notifier"];
+  const windows = process.platform === "win32";
+  const child = spawn("npm", windows ? args.map((arg) => `"${arg}"`) : args, { cwd: work, shell: windows, stdio: ["ignore", "pipe", "pipe"] });
+  const stop = () => child.kill("SIGTERM");
+  cleanups.push(stop);
+  const progress = progressLine(`${PROGRAM}: downloading ${spec}`, `${PROGRAM}: downloaded ${spec}`);
+  const downloads = join(work, "npm", "_cacache", "tmp");
+  const poll = setInterval(() => progress.update(directoryBytes(downloads)), 250);
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (chunk: string) => { stdout += chunk; });
+  child.stderr.setEncoding("utf8").on("data", (chunk: string) => { stderr = (stderr + chunk).slice(-4096); });
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearInterval(poll);
+      cleanups.splice(cleanups.indexOf(stop), 1);
+    };
+    child.on("error", (error) => {
+      done();
+      progress.abandon();
+      reject(new Error(`cannot run npm, which downloads ${spec}: ${error.message} (--runtime-file FILE takes a release you have)`));
+    });
+    child.on("close", (code) => {
+      done();
+      let answer: { filename?: string; size?: number; error?: { code?: string; summary?: string } } | undefined;
+      try {
+        const parsed = JSON.parse(stdout);
+        answer = Array.isArray(parsed) ? parsed[0] : parsed;
+      } catch { /* said on stderr */ }
+      if (code === 0 && answer?.filename) {
+        progress.done(answer.size ?? 0);
+        resolve(answer.filename);
+        return;
+      }
+      progress.abandon();
+      const why = answer?.error ? `${answer.error.code ?? "error"}: ${answer.error.summary ?? ""}` : stderr.trim().split("\n").pop() ?? "";
+      reject(new Error(`cannot download ${spec} with npm (exit ${code ?? "on a signal"}): ${printable(why.split("\n")[0]).slice(0, 400)}`));
+    });
+  });
+}
+
+function directoryBytes(dir: string): number {
+  try {
+    return readdirSync(dir).reduce((sum, name) => sum + statSync(join(dir, name)).size, 0);
+  } catch {
+    return 0;
+  }
+}
+
+// Streams the release into the script's tar; resolves to the bytes sent.
+async function sendRelease(host: string, release: Release, session: RemoteShell, gunzip: boolean): Promise<number> {
+  const total = statSync(release.file).size;
+  const progress = progressLine(`${host}: sending ${release.label}`, `${host}: sent ${release.label}`, total);
+  let sent = 0;
+  const source = createReadStream(release.file);
+  source.on("data", (chunk) => {
+    sent += chunk.length;
+    progress.update(sent);
+    session.watchdog.reset();
+  });
+  try {
+    // A host without gzip gets the tar itself, unpacked here.
+    if (gunzip) await pipeline(source, createGunzip(), session.stdin);
+    else await pipeline(source, session.stdin);
+  } catch (error) {
+    progress.abandon();
+    throw new Error(`${megabytes(sent)} of ${megabytes(total)} MB sent: ${(error as Error).message}`);
+  }
+  progress.done(sent);
+  return sent;
+}
+
+// Bytes, total when known, and rate: on a terminal one line on stderr updated
+// in place; otherwise one line at the end.
+function progressLine(doing: string, did: string, total?: number) {
+  const started = performance.now();
+  const terminal = Boolean(process.stderr.isTTY);
+  let shownAt = 0;
+  let shown = false;
+  const rate = (bytes: number) => `${megabytes(bytes / Math.max(0.001, (performance.now() - started) / 1000))} MB/s`;
+  return {
+    update: (bytes: number) => {
+      if (!terminal || performance.now() - shownAt < 200) return;
+      shownAt = performance.now();
+      shown = true;
+      process.stderr.write(`\r${doing}: ${megabytes(bytes)}${total ? ` of ${megabytes(total)}` : ""} MB, ${rate(bytes)}\x1b[K`);
+    },
+    done: (bytes: number) => {
+      const seconds = ((performance.now() - started) / 1000).toFixed(1);
+      process.stderr.write(`${terminal ? "\r" : ""}${did}: ${megabytes(bytes)} MB in ${seconds} s, ${rate(bytes)}${terminal ? "\x1b[K" : ""}\n`);
+    },
+    abandon: () => {
+      if (shown) process.stderr.write("\n");
+    },
+  };
+}
+
+function megabytes(bytes: number): string {
+  return (bytes / 1e6).toFixed(1);
+}
+
+// ---------------------------------------------------------------------------
+// The report
+// ---------------------------------------------------------------------------
+
+function installReport(host: string, lines: string[], code: number | null, lastError: string, arrivalMs: number,
+  provision: Provision = {}): string[] {
   const field = (key: string) => lines.find((line) => line.startsWith(`${key} `))?.slice(key.length + 1);
   const dir = field("dir") ?? "~";
   const foreign = lines.filter((line) => line.startsWith("foreign "));
@@ -550,18 +932,22 @@ function installReport(host: string, lines: string[], code: number | null, lastE
       return printable(`"${dir}/${name}" ${why.join(" ")}: left alone, nothing installed there`);
     });
   }
-  const failure = field("failed");
+  const failure = lastField(lines, "failed");
   if (failure) return [`${printable(failure)}${lastError ? `: ${lastError}` : ""}`];
   const placed = lines.filter((line) => line.startsWith("placed ")).map((line) => printable(line.slice(7)));
   if (placed.length < 2) {
     const why = code === 255 ? "ssh exited 255" : `the remote shell exited ${code ?? "on a signal"}`;
     return [`${why}${lastError ? `: ${lastError}` : ""}`];
   }
-  const ran = field("ran")?.split(" ") ?? [];
-  const said = lines.filter((line) => line.startsWith("said ")).map((line) => printable(line.slice(5))).filter(Boolean);
+  const ran = lastField(lines, "ran")?.split(" ") ?? [];
+  // What send.ts said the last time it ran.
+  const said = lines.slice(Math.max(0, lines.lastIndexOf("starting"))).filter((line) => line.startsWith("said "))
+    .map((line) => printable(line.slice(5))).filter(Boolean);
   if (ran[0] !== "0") {
+    const runtime = provision.problem ? `; no runtime provisioned: ${provision.problem}`
+      : provision.note ? `; not with the runtime ${provision.note} either` : "";
     return [printable(`client.ts and send.ts are in "${dir}", but send.ts does not start there (exit ${ran[0] ?? "unknown"}): `) +
-      (said.at(-1) ?? (lastError || "no message"))];
+      (said.at(-1) ?? (lastError || "no message")) + runtime];
   }
   const [start, end] = ran.slice(1);
   const ms = /^\d+$/.test(start ?? "") && /^\d+$/.test(end ?? "") ? Number(BigInt(end) - BigInt(start)) / 1e6 : arrivalMs;
@@ -569,10 +955,12 @@ function installReport(host: string, lines: string[], code: number | null, lastE
   const hint = runtime.includes("npx") ? "; it starts faster with tsx installed there: npm install -g --prefix ~/.local tsx" : "";
   process.stdout.write([
     `${host}: ${placed.join(", ")}, in ${quoted(dir)}`,
+    ...(provision.note ? [`${host}: ${provision.note}`] : []),
     `${host}: send.ts starts in ${Math.round(ms)} ms on ${runtime}${hint}`,
     ...browserAdvice(dir, field("home")).map((line) => `${host}: ${line}`),
   ].map((line) => `${line}\n`).join(""));
-  return [];
+  // Asked for by name, a runtime that could not be provisioned is a failure, if a runtime already there is not.
+  return provision.problem ? [`no runtime provisioned: ${provision.problem}`] : [];
 }
 
 // The BROWSER line to paste there. The login directory is the remote's word:
@@ -592,6 +980,83 @@ function browserAdvice(dir: string, home: string | undefined): string[] {
 // One word for a POSIX shell, whatever the text: single quotes, each ' in it written '\''.
 function shellQuoted(text: string): string {
   return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replaceAll("'", "'\\''")}'`;
+}
+
+// ---------------------------------------------------------------------------
+// --uninstall
+// ---------------------------------------------------------------------------
+
+// Removes what --install put there, known as ours the same way: the scripts
+// by their header line, a runtime directory by its marker, our temporaries by
+// their names, and the compile cache the first lines keep under our name. A
+// symbolic link, or a file at those names that is not ours, is left alone.
+const UNINSTALL_SCRIPT = `{
+say() { printf '${INSTALL_TAG}%s\\n' "$*"; }
+say dir "$PWD"
+for f in client.ts send.ts; do
+  if [ -L "$f" ]; then say kept a-symbolic-link "$PWD/$f"
+  elif [ -f "$f" ] && grep -q "^// $f: .*urlserver" "$f"; then
+    if rm -f "$f"; then say removed "$PWD/$f"; else say failed cannot remove "$PWD/$f"; fi
+  elif [ -e "$f" ]; then say kept not-a-urlserver-script "$PWD/$f"
+  fi
+done
+for f in .client.ts.urlserver-install.?????? .send.ts.urlserver-install.??????; do
+  if [ -f "$f" ] && [ ! -L "$f" ]; then rm -f "$f" && say removed "$PWD/$f"; fi
+done
+share="$HOME/.local/share/urlserver"
+runtimes="${REMOTE_RUNTIMES}"
+if [ -L "$share" ] || [ -L "$runtimes" ]; then say kept a-symbolic-link "$share"
+elif [ -d "$runtimes" ]; then
+  for d in "$runtimes"/* "$runtimes"/.incoming.*; do
+    if [ -L "$d" ]; then say kept a-symbolic-link "$d"
+    elif [ ! -e "$d" ]; then :
+    elif case $d in */.incoming.*) [ -d "$d" ];; *) [ -d "$d" ] && [ -f "$d/${RUNTIME_MARKER}" ] && [ ! -L "$d/${RUNTIME_MARKER}" ];; esac; then
+      if rm -rf "$d"; then say removed "$d"; else say failed cannot remove "$d"; fi
+    else say kept not-a-runtime-urlserver-provisioned "$d"
+    fi
+  done
+  rmdir "$runtimes" "$share" 2>/dev/null
+fi
+cache="\${XDG_CACHE_HOME:-$HOME/.cache}/urlserver"
+if [ -L "$cache" ]; then say kept a-symbolic-link "$cache"
+elif [ -d "$cache" ]; then
+  if rm -rf "$cache"; then say removed "$cache"; else say failed cannot remove "$cache"; fi
+fi
+say done
+}
+`;
+
+async function uninstallHosts(options: Options): Promise<number> {
+  let failed = false;
+  for (const host of options.hosts) {
+    const session = remoteShell(host, options, () => {});
+    session.stdin.end(UNINSTALL_SCRIPT);
+    const ended = await session.ended;
+    const problem = ended.failure ?? uninstallReport(host, session.lines, ended.code, ended.lastError);
+    if (problem) process.stderr.write(`${PROGRAM}: cannot uninstall from "${host}": ${problem}\n`);
+    failed ||= Boolean(problem);
+  }
+  return failed ? 69 : 0;
+}
+
+// Prints what was removed and what was left alone; returns what went wrong.
+function uninstallReport(host: string, lines: string[], code: number | null, lastError: string): string | undefined {
+  const removed = lines.filter((line) => line.startsWith("removed ")).map((line) => quoted(line.slice(8)));
+  const kept = lines.filter((line) => line.startsWith("kept ")).map((line) => {
+    const [, why, ...path] = line.split(" ");
+    return `${host}: left alone ${quoted(path.join(" "))}: ${why.replaceAll("-", " ")}`;
+  });
+  const failures = lines.filter((line) => line.startsWith("failed ")).map((line) => printable(line.slice(7)));
+  const report = [
+    removed.length ? `${host}: removed ${removed.join(", ")}` : `${host}: nothing of urlserver's was there`,
+    ...kept,
+    ...(removed.some((path) => path.endsWith('/send.ts"')) ? [`${host}: take the BROWSER line out of the shell's start-up file there`] : []),
+  ];
+  if (lines.includes("done") || removed.length || kept.length) process.stdout.write(report.map((line) => `${line}\n`).join(""));
+  if (failures.length) return failures.join("; ");
+  if (lines.includes("done")) return undefined;
+  const why = code === 255 ? "ssh exited 255" : `the remote shell exited ${code ?? "on a signal"}`;
+  return `${why}${lastError ? `: ${lastError}` : ""}`;
 }
 
 // The ssh masters' control sockets give access to the connections, so they
