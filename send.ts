@@ -1,8 +1,9 @@
 #!/bin/sh
-":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
+":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s"); case $s in /*) ;; *) s=$PWD/$s; esac
 ":" //; x() { for r; do case $r in /*) [ -f "$r" ] && [ -x "$r" ] && return;; */*) ;; ?*) command -v "$r" >/dev/null && return;; esac; done; false; }
 ":" //; p=$HOME/.local/share/urlserver/runtime; [ -d "$p" ] && { m=; for r in /lib/ld-musl-*; do [ -e "$r" ] && m=-musl; done; p=$p/$(uname -s)-$(uname -m)$m/bin; }
-":" //; x deno "$HOME/.deno/bin/deno" "$HOME/.local/bin/deno" "$p/deno" && exec "$r" run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
+":" //; x deno "$HOME/.deno/bin/deno" "$HOME/.local/bin/deno" "$p/deno" && exec "$r" run --no-prompt --no-config --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
+":" //; export URLSERVER_CWD="$PWD"; cd / || exit 70
 ":" //; x bun "$HOME/.bun/bin/bun" "$HOME/.local/bin/bun" "$p/bun" && exec "$r" "$s" -- "$@"
 ":" //; b=0; N=; for r in "$HOME"/.nvm/versions/node/v*/bin/node; do v=${r%/bin/node}; v=${v##*/v}; M=${v%%.*}; v=${v#*.}; m=${v%.*}; v=${v#*.}
 ":" //;   case $m in ?) m=00$m;; ??) m=0$m;; esac; case $v in ?) v=00$v;; ??) v=0$v;; esac; [ "$M$m$v" -gt $b ] 2>/dev/null && b=$M$m$v && N=$r; done
@@ -104,6 +105,16 @@ function crash(error: unknown): never {
 }
 process.on("uncaughtException", crash);
 process.on("unhandledRejection", crash);
+// The first lines start every runtime but Deno in "/": Bun reads bunfig.toml
+// (preloads), .env and tsconfig.json (paths) from the directory it starts in,
+// npx runs its node_modules/.bin/tsx, and $BROWSER runs in whatever directory
+// a program stands in, a freshly cloned repository as often as not. Once
+// running, back there, so that relative paths mean what the user meant.
+const startedIn = (process.versions as Record<string, string | undefined>).deno ? undefined : process.env.URLSERVER_CWD;
+if (startedIn !== undefined) {
+  delete process.env.URLSERVER_CWD;
+  try { process.chdir(startedIn); } catch { /* gone or not enterable: relative paths start at "/" */ }
+}
 // END exit stanza
 
 async function main(argv: string[]): Promise<number> {

@@ -198,7 +198,8 @@ for (const c of USER_INSTALLS) {
       if (binary === DECOY) writeFileSync(join(home, path), DECOY, { mode: 0o755 });
       else symlinkSync(binary, join(home, path));
     }
-    const env = { PATH: bin, HOME: home, URLSERVER_SOCKET: join(dir, "sock"), XDG_CACHE_HOME: "", NODE_COMPILE_CACHE: "", DENO_NO_UPDATE_CHECK: "1" };
+    // XDG_CACHE_HOME empty would have Bun write its cache into the current directory.
+    const env = { PATH: bin, HOME: home, URLSERVER_SOCKET: join(dir, "sock"), XDG_CACHE_HOME: join(home, ".cache"), NODE_COMPILE_CACHE: "", DENO_NO_UPDATE_CHECK: "1" };
 
     const version = start(t, "send.ts --version", "/bin/sh", [join(ROOT, "send.ts"), "--version"], { env, stdin: "ignore" });
     const exit = await waitForExit(version, 30_000, "sh send.ts --version");
