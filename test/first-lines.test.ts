@@ -8,11 +8,16 @@
 // one; the client's hello names its pid, which must be the very process sh
 // was started as (a tsx CLI or npx in between would be another), and
 // /proc says with which flags. HOME is a temporary directory each time.
+// Runtimes a user installed without root, off ssh's non-login PATH, are
+// found too (~/.deno/bin, ~/.bun/bin, ~/.local/bin, nvm's newest Node,
+// Volta, the runtime `server.ts --install` provisions), and --version and the
+// hello say which runtime runs and from where.
 // Also: the three scripts' first lines differ only in Deno's permissions
 // and the script's name.
 
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
@@ -37,17 +42,17 @@ type Case = {
 
 const CASES: Case[] = [
   { name: "Node 22.10 strips types with the flag, although tsx is in ~/.local", nodeVersion: "v22.10.0", tsx: "local",
-    expected: [...QUIET, "--experimental-strip-types"], described: / on node\/\S+ with --experimental-strip-types$/ },
+    expected: [...QUIET, "--experimental-strip-types"], described: / on node\/\S+ with --experimental-strip-types from \/\S+$/ },
   { name: "Node 23.3 strips types with the flag", nodeVersion: "v23.3.0",
-    expected: [...QUIET, "--experimental-strip-types"], described: / on node\/\S+ with --experimental-strip-types$/ },
+    expected: [...QUIET, "--experimental-strip-types"], described: / on node\/\S+ with --experimental-strip-types from \/\S+$/ },
   { name: "Node 22.18 strips types by itself, although tsx is in ~/.local", nodeVersion: "v22.18.0", tsx: "local",
-    expected: QUIET, described: / on node\/\d+\.\d+\.\d+$/ },
+    expected: QUIET, described: / on node\/\d+\.\d+\.\d+ from \/\S+$/ },
   { name: "Node 20 with tsx on PATH runs tsx's loader", nodeVersion: "v20.11.0", tsx: "path",
-    expected: ["--import", LOADER], described: / on node\/\S+ with tsx$/ },
+    expected: ["--import", LOADER], described: / on node\/\S+ with tsx from \/\S+$/ },
   { name: "Node 20 with tsx in ~/.local (not on PATH) runs tsx's loader", nodeVersion: "v20.11.0", tsx: "local",
-    expected: ["--import", LOADER], described: / on node\/\S+ with tsx$/ },
+    expected: ["--import", LOADER], described: / on node\/\S+ with tsx from \/\S+$/ },
   { name: "Node 20 with tsx in npm's npx cache runs tsx's loader", nodeVersion: "v20.11.0", tsx: "npx-cache",
-    expected: ["--import", LOADER], described: / on node\/\S+ with tsx$/ },
+    expected: ["--import", LOADER], described: / on node\/\S+ with tsx from \/\S+$/ },
   { name: "Node 20 without tsx goes through npx", nodeVersion: "v20.11.0", expected: "npx" },
   { name: "Node 22.5 without tsx goes through npx", nodeVersion: "v22.5.1", expected: "npx" },
   { name: "no Node: a message naming what is needed, exit 69", expected: "none" },
@@ -137,3 +142,79 @@ test("first lines: the same in the three scripts but for Deno's permissions and 
   assert.deepEqual(firstLines("client.ts"), server);
   assert.deepEqual(firstLines("send.ts"), server);
 });
+
+// Runtimes installed without root, where ssh's non-login PATH does not reach:
+// each one alone in a fresh HOME, PATH holding only the tools the first lines
+// use. Decoys (a script that says it is not the runtime, and exits 1) stand
+// where a wrong pick would look.
+const RUNTIMES = join(ROOT, ".runtimes/node_modules");
+const DENO = join(RUNTIMES, "deno/deno");
+const BUN = join(RUNTIMES, "bun/bin/bun.exe");
+const DECOY = "#!/bin/sh\necho decoy; exit 1\n";
+
+/** Where `server.ts --install` provisions a runtime on this host: the contract the first lines read. */
+function provisionedDir(): string {
+  const [system, machine] = [execFileSync("uname", ["-s"], { encoding: "utf8" }).trim(), execFileSync("uname", ["-m"], { encoding: "utf8" }).trim()];
+  const musl = readdirSync("/lib").some((name) => name.startsWith("ld-musl-")) ? "-musl" : "";
+  return `.local/share/urlserver/runtime/${system}-${machine}${musl}/bin`;
+}
+
+type UserInstall = {
+  name: string;
+  /** Paths in HOME and what each is: a runtime binary (linked), or DECOY. */
+  home: Record<string, string>;
+  /** A fake node on PATH that claims this version and cannot run anything. */
+  oldNodeOnPath?: string;
+  /** The runtime that must run the scripts, as --version names it. */
+  runtime: RegExp;
+  binary: string;
+};
+
+const USER_INSTALLS: UserInstall[] = [
+  { name: "Deno only in ~/.deno/bin", home: { ".deno/bin/deno": DENO }, runtime: /^deno\/2\./, binary: DENO },
+  { name: "Bun only in ~/.bun/bin", home: { ".bun/bin/bun": BUN }, runtime: /^bun\/1\./, binary: BUN },
+  { name: "Deno in ~/.local/bin, preferred to Bun in ~/.bun/bin", home: { ".local/bin/deno": DENO, ".bun/bin/bun": BUN },
+    runtime: /^deno\/2\./, binary: DENO },
+  { name: "Node 24 in ~/.local/bin, where PATH has only a Node 20 without tsx", home: { ".local/bin/node": NODE_24 },
+    oldNodeOnPath: "v20.11.0", runtime: /^node\/24\.\d+\.\d+ from /, binary: NODE_24 },
+  { name: "nvm's newest Node, not the first or last name in the directory", runtime: /^node\/24\.\d+\.\d+ from /, binary: NODE_24,
+    home: { ".nvm/versions/node/v22.9.0/bin/node": DECOY, ".nvm/versions/node/v24.0.0/bin/node": NODE_24,
+      ".nvm/versions/node/v9.1.0/bin/node": DECOY, ".nvm/versions/node/v22.10.0/bin/node": DECOY } },
+  { name: "Volta's node in ~/.volta/bin", home: { ".volta/bin/node": NODE_24 }, runtime: /^node\/24\./, binary: NODE_24 },
+  { name: "the runtime --install provisioned, for this platform only", runtime: /^bun\/1\./, binary: BUN,
+    home: { [`${provisionedDir()}/bun`]: BUN, ".local/share/urlserver/runtime/Plan9-mips/bin/deno": DECOY } },
+];
+
+for (const c of USER_INSTALLS) {
+  test(`first lines find a runtime installed without root: ${c.name}`, { timeout: 60_000 }, async (t) => {
+    if (!needs(t, Object.values(c.home).filter((binary) => binary !== DECOY && !existsSync(binary))[0])) return;
+    const dir = tempDir(t);
+    const [bin, home] = [join(dir, "bin"), join(dir, "home")];
+    mkdirSync(bin);
+    for (const tool of ["readlink", "uname"]) symlinkSync(realpathSync(`/usr/bin/${tool}`), join(bin, tool));
+    if (c.oldNodeOnPath) writeFileSync(join(bin, "node"), `#!/bin/sh\n[ "$1" = --version ] && { echo ${c.oldNodeOnPath}; exit 0; }\nexit 1\n`, { mode: 0o755 });
+    for (const [path, binary] of Object.entries(c.home)) {
+      mkdirSync(join(home, path, ".."), { recursive: true });
+      if (binary === DECOY) writeFileSync(join(home, path), DECOY, { mode: 0o755 });
+      else symlinkSync(binary, join(home, path));
+    }
+    // XDG_CACHE_HOME empty would have Bun write its cache into the current directory.
+    const env = { PATH: bin, HOME: home, URLSERVER_SOCKET: join(dir, "sock"), XDG_CACHE_HOME: join(home, ".cache"), NODE_COMPILE_CACHE: "", DENO_NO_UPDATE_CHECK: "1" };
+
+    const version = start(t, "send.ts --version", "/bin/sh", [join(ROOT, "send.ts"), "--version"], { env, stdin: "ignore" });
+    const exit = await waitForExit(version, 30_000, "sh send.ts --version");
+    await waitUntil(() => version.stdout.ended && version.stderr.ended, 2000, "send.ts's output to end");
+    assert.equal(exit.code, 0, version.stderr.text());
+    const runtime = / on (.*)$/.exec(version.stdout.text())?.[1] ?? "";
+    assert.match(runtime, c.runtime);
+    assert.ok(runtime.endsWith(` from ${realpathSync(c.binary)}`), `not run from ${c.binary}: ${runtime}`);
+
+    // The client says so in its hello, from the very process sh was started as.
+    const client = start(t, "client.ts", "/bin/sh", [join(ROOT, "client.ts")], { env });
+    const hello = await client.stdout.waitFor(/^hello /, 30_000);
+    assert.equal(Number(/ pid=(\d+)/.exec(hello)?.[1]), client.pid, `hello from another process than sh's: ${hello}`);
+    assert.equal(decodeURIComponent(/ runtime=(\S+)/.exec(hello)?.[1] ?? ""), runtime);
+    client.child.stdin!.end();
+    assert.equal((await waitForExit(client, 5000, "client.ts")).code, 0);
+  });
+}

@@ -82,7 +82,7 @@ test("--install over real ssh: both scripts placed, executable; runtime, start-u
   assert.equal(placed, `sshd-host: client.ts installed, send.ts installed, in "${home}"`);
   assert.match(starts, STARTS);
   // The machine's Node is too old to strip types: the first lines found tsx in ~/.local, from ssh's non-login PATH.
-  if (/^v(20|21|22\.[0-5])\./.test(process.version)) assert.match(starts, / on node\/\S+ with tsx$/);
+  if (/^v(20|21|22\.[0-5])\./.test(process.version)) assert.match(starts, / on node\/\S+ with tsx from \/\S+$/);
   assert.deepEqual(rest, BROWSER_LINES);
   t.diagnostic(starts);
   assertInstalled(home, uid);
