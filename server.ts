@@ -503,7 +503,7 @@ const RUNTIME_MARKER = ".urlserver-runtime";
 export type RuntimeName = "bun" | "node" | "deno";
 const RUNTIME_NAMES: RuntimeName[] = ["bun", "node", "deno"];
 // The releases --install provisions, pinned: the ones the suite and the bench ran on.
-const RUNTIME_RELEASES: Record<RuntimeName, string> = { bun: "1.4.5", node: "24.22.3", deno: "2.9.6" };
+export const RUNTIME_RELEASES: Record<RuntimeName, string> = { bun: "1.4.5", node: "24.22.3", deno: "2.9.6" };
 // Chosen by measurement (test/bench.ts; README, Runtimes): the fastest start
 // of send.ts, the smallest download, and the only one with musl builds.
 const DEFAULT_RUNTIME: RuntimeName = "bun";
@@ -721,8 +721,8 @@ export type HostPlatform = { system: string; machine: string; libc: string; cpu:
 /** What provisioning did, for the report: a line to show, or why there is no runtime. */
 type Provision = { note?: string; problem?: string };
 
-/** A release file on the desktop, ready to send. */
-type Release = { runtime: RuntimeName; file: string; label: string; marker: string; source: string };
+/** A release file on the desktop to send, with what npm downloads it as; and how it is named to the user and on the host. */
+type Release = { runtime: RuntimeName; file: string; spec?: string; label: string; marker: string; source: string };
 
 // Answers the script's "want": "none", or "send ..." and the release. Never
 // throws: what went wrong is the report's.
@@ -735,19 +735,28 @@ async function answerWant(host: string, options: Options, lines: string[], sessi
   if (works && !options.runtime && !options.runtimeFile) return finish({});
   const platform = hostPlatform(lastField(lines, "platform"));
   if (!platform) return finish({ problem: "the host did not say its platform" });
-  session.watchdog.stop();
   let release: Release;
   try {
-    release = await obtainRelease(options, platform);
+    release = pickRelease(options, platform);
   } catch (error) {
     return finish({ problem: (error as Error).message });
-  } finally {
-    session.watchdog.reset();
   }
   const state = lastField(lines, "runtime-state");
   if (works && state === `ours ${release.marker}`) return finish({ note: `${release.label} was there already` });
   const where = lastField(lines, "runtime-dir") ?? REMOTE_RUNTIMES;
   if (state === "foreign") return finish({ problem: `${quoted(where)} is not a runtime urlserver provisioned: left alone` });
+  if (release.spec && !existsSync(release.file)) {
+    // The desktop's own step: the host waits, and its silence is not held against it.
+    session.watchdog.stop();
+    try {
+      await downloadRelease(release.spec, release.file);
+      release.source = "downloaded, verified by npm";
+    } catch (error) {
+      return finish({ problem: (error as Error).message });
+    } finally {
+      session.watchdog.reset();
+    }
+  }
   session.stdin.write(`send ${release.runtime} ${platform.gzip ? "tgz" : "tar"} ${release.marker}\n`);
   try {
     const size = await sendRelease(host, release, session, !platform.gzip);
@@ -780,25 +789,24 @@ export function runtimePackage(runtime: RuntimeName, host: HostPlatform): string
 }
 
 // The release to send: --runtime-file as it is, or the pinned release of the
-// chosen runtime from the desktop's cache, downloaded by npm when not there.
-async function obtainRelease(options: Options, platform: HostPlatform): Promise<Release> {
+// chosen runtime, from the desktop's cache (spec: what npm downloads when it
+// is not there yet).
+function pickRelease(options: Options, platform: HostPlatform): Release {
   const runtime = options.runtime ?? DEFAULT_RUNTIME;
   if (options.runtimeFile) {
     const name = options.runtimeFile.split(/[\\/]/).pop()!;
-    return { runtime, file: options.runtimeFile, label: `${runtime} from ${quoted(name)}`, marker: `${runtime} file ${name.replace(/\s/g, "_")}`, source: "from --runtime-file" };
+    return { runtime, file: options.runtimeFile, label: `${runtime} from ${quoted(name)}`,
+      marker: `${runtime} file ${name.replace(/\s/g, "_")}`, source: "from --runtime-file" };
   }
   const version = RUNTIME_RELEASES[runtime];
   const name = runtimePackage(runtime, platform);
   if (!name) {
     const others = RUNTIME_NAMES.filter((other) => runtimePackage(other, platform));
-    return Promise.reject(new Error(`${runtime} has no release for ${platform.name} on npm` +
-      (others.length ? `: --runtime ${others.join(" or ")} has` : ": --runtime-file FILE takes one of your own")));
+    throw new Error(`${runtime} has no release for ${platform.name} on npm` +
+      (others.length ? `: --runtime ${others.join(" or ")} has` : ": --runtime-file FILE takes one of your own"));
   }
-  const spec = `${name}@${version}`;
-  const cache = runtimeCache();
-  const file = join(cache, `${name.replace(/^@/, "").replace("/", "-")}-${version}.tgz`);
-  const source = existsSync(file) ? "from the cache" : (await downloadRelease(spec, cache, file), "downloaded, verified by npm");
-  return { runtime, file, label: `${runtime} ${version}`, marker: `${runtime} ${spec}`, source };
+  const file = join(runtimeCache(), `${name.replace(/^@/, "").replace("/", "-")}-${version}.tgz`);
+  return { runtime, file, spec: `${name}@${version}`, label: `${runtime} ${version}`, marker: `${runtime} ${name}@${version}`, source: "from the cache" };
 }
 
 // The desktop's cache of releases: private to this user, as a download in
@@ -820,8 +828,8 @@ function runtimeCache(): string {
 // directory of its own (its own npm cache too, whose growth is the progress),
 // run from there so that no project's .npmrc applies; renamed into the cache
 // once whole.
-async function downloadRelease(spec: string, cache: string, file: string): Promise<void> {
-  const work = mkdtempSync(join(cache, ".download-"));
+async function downloadRelease(spec: string, file: string): Promise<void> {
+  const work = mkdtempSync(join(dirname(file), ".download-"));
   const remove = () => rmSync(work, { recursive: true, force: true });
   cleanups.push(remove);
   try {
