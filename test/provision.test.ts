@@ -20,7 +20,7 @@ import { chownSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, st
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { FAKE_BROWSER, ROOT, needs, opened, run, startScript, tempDir, waitForExit } from "./helpers.ts";
+import { FAKE_BROWSER, needs, opened, run, startScript, tempDir, waitForExit } from "./helpers.ts";
 import { startSshd } from "./fixtures/sshd.ts";
 import type { Sshd } from "./fixtures/sshd.ts";
 import { bunTarball, startRegistry } from "./fixtures/registry.ts";
