@@ -25,10 +25,12 @@
 //   node server.ts HOST                          Node 22.18+ (type stripping)
 //   deno run --allow-run --allow-read --allow-write --allow-env --allow-sys server.ts HOST
 //   bun server.ts HOST
-//   ./server.ts --install HOST                   put client.ts, send.ts on HOST
+//   ./server.ts --install HOST                   put client.ts, send.ts on HOST,
+//                                                and a runtime where it has none
+//   ./server.ts --uninstall HOST                 take them away again
 //
 // Exit codes: 64 usage, 69 every host's client or connection went away (or
-// --install failed on a HOST), 70 internal error, 73 cannot write the --log
+// --install or --uninstall failed on a HOST), 70 internal error, 73 cannot write the --log
 // file, 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143 TERM,
 // 129 HUP, 141 stderr closed).
 
@@ -47,7 +49,8 @@ import { createGunzip } from "node:zlib";
 
 const PROGRAM = "server";
 const USAGE = `Usage: server.ts [options] HOST...
-       server.ts --install [--ssh PROGRAM] HOST...
+       server.ts --install [--ssh PROGRAM] [--runtime NAME | --runtime-file FILE] HOST...
+       server.ts --uninstall [--ssh PROGRAM] HOST...
 
 Run client.ts on each HOST over ssh and open here every URL sent there with
 send.ts. Runs until the last connection ends; Ctrl-C ends it. With --install,
@@ -83,7 +86,19 @@ Options:
   --install              instead of serving: put client.ts and send.ts from
                          beside this script in each HOST's home over ssh
                          (never over a file that is not theirs), then say
-                         which runtime send.ts starts with there, and how fast
+                         which runtime send.ts starts with there, and how fast;
+                         where it has none it can use, provision one in
+                         ~/.local/share/urlserver/runtime there (the release
+                         fetched and verified by npm, cached in
+                         ~/.cache/urlserver/runtimes here)
+  --runtime NAME         with --install: provision this runtime, bun (the
+                         default), node or deno, even where one is found
+  --runtime-file FILE    with --install: provision the runtime in FILE, a
+                         release as npm packs it (npm pack @oven/bun-linux-x64)
+                         or a .tar.gz with bin/NAME in it; for a desktop
+                         without registry access
+  --uninstall            instead of serving: remove from each HOST what
+                         --install put there (never a file that is not ours)
   -h, --help             show this help
   --version              print the version and the runtime running this
 
@@ -92,14 +107,16 @@ above; the remote side uses URLSERVER_SOCKET and XDG_RUNTIME_DIR.
 
 Examples:
   npx tsx server.ts --install build1       set a host up (again after upgrades)
+  npx tsx server.ts --uninstall build1     and take it all away again
   npx tsx server.ts build1 build2          serve two hosts from one terminal
   npx tsx server.ts --reconnect laptop-vm  survive sleep and network changes
   npx tsx server.ts --allow-scheme mailto --log ~/urls.log mail.example.org
 
-Exit codes: 0 --help, --version, --install done; 64 usage; 69 every host's
-client or connection went away, or --install failed on a HOST; 70 internal
-error; 73 cannot write the --log file; 76 protocol mismatch (one HOST); 128+N
-ended by signal N (130 Ctrl-C, 131 Ctrl-\\, 143 TERM, 129 HUP, 141 stderr closed)
+Exit codes: 0 --help, --version, --install or --uninstall done; 64 usage; 69
+every host's client or connection went away, or --install or --uninstall
+failed on a HOST; 70 internal error; 73 cannot write the --log file; 76
+protocol mismatch (one HOST); 128+N ended by signal N (130 Ctrl-C, 131
+Ctrl-\\, 143 TERM, 129 HUP, 141 stderr closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
