@@ -523,7 +523,7 @@ const RUNTIME_NAMES: RuntimeName[] = ["bun", "node", "deno"];
 export const RUNTIME_RELEASES: Record<RuntimeName, string> = { bun: "1.4.5", node: "24.22.3", deno: "2.9.6" };
 // Chosen by measurement (test/bench.ts; README, Runtimes): the fastest start
 // of send.ts, the smallest download, and the only one with musl builds.
-const DEFAULT_RUNTIME: RuntimeName = "bun";
+export const DEFAULT_RUNTIME: RuntimeName = "bun";
 
 function installScript(): string {
   const here = dirname(fileURLToPath(import.meta.url));

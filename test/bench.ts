@@ -21,6 +21,8 @@
 // paths by the start of their names; BENCH_PATHS=none skips to throughput.
 // BENCH_NODES=/path/to/node,... adds a path per Node binary (such as a 22.x
 // that needs --experimental-strip-types).
+// Last, what --install's provisioning costs and what chose its runtime
+// (test/bench-provision.ts): BENCH_PROVISION=only runs that alone, =0 skips it.
 
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -28,6 +30,7 @@ import { connect } from "node:net";
 import { cpus, homedir, release } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { provisioning } from "./bench-provision.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
@@ -236,6 +239,10 @@ let serverLog = "";
 let clientPid = 0;
 
 async function main(): Promise<number> {
+  if (process.env.BENCH_PROVISION === "only") {
+    process.stdout.write(`${await provisioning()}\n`);
+    return 0;
+  }
   const dir = mkdtempSync("/tmp/us-bench-");
   const socket = join(dir, "sock");
   const env = { ...process.env, URLSERVER_SOCKET: socket };
@@ -290,6 +297,7 @@ async function main(): Promise<number> {
     process.stdout.write(`${lines.join("\n")}\n`);
     if (process.env.BENCH_HOSTS !== "0") process.stdout.write(`${await manyHosts(dir)}\n`);
     if (process.env.BENCH_FLOODS !== "0") process.stdout.write(`${floods()}\n`);
+    if (process.env.BENCH_PROVISION !== "0") process.stdout.write(`${await provisioning()}\n`);
     return 0;
   } finally {
     server.kill("SIGTERM");
