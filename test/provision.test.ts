@@ -11,8 +11,9 @@
 // request (the desktop's cache); a release whose integrity does not match the
 // registry's is refused, and nothing of it kept or sent; --uninstall removes
 // the scripts, the runtime and our cache there, says so, and leaves a foreign
-// directory beside ours alone. Needs root, sshd, ip, iptables, useradd, and
-// Bun in .runtimes (npm run runtimes): skipped without them, failing in CI.
+// directory beside ours alone; --runtime-file sends a release at hand with no
+// registry asked. Needs root, sshd, ip, iptables, useradd, and Bun in
+// .runtimes (npm run runtimes): skipped without them, failing in CI.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -133,4 +134,15 @@ test("a host with no runtime: --install provisions Bun, the server connects with
   assert.match(bad.stderr, new RegExp(`^server: cannot install on "sshd-host": no runtime provisioned: cannot download node-linux-\\S+@${RUNTIME_RELEASES.node.replaceAll(".", "\\.")} with npm \\(exit 1\\): EINTEGRITY: .*integrity checksum failed`, "m"));
   assert.deepEqual(readdirSync(join(badCache, "urlserver/runtimes")), []);
   assert.deepEqual(readdirSync(join(runtimeDir, "bin")), ["bun"]);
+
+  // --runtime-file: a release at hand, no registry asked; it replaces the runtime there.
+  const requests = badRegistry.requests.length;
+  const fromFile = await installing(t, sshd, badRegistry, badCache, ["--install", "--runtime-file", tarball!]);
+  assert.equal(fromFile.code, 0, `${fromFile.stdout}\n${fromFile.stderr}`);
+  const name = tarball!.split("/").pop();
+  assert.match(fromFile.stdout.split("\n")[1], new RegExp(`^sshd-host: provisioned bun from "${name}" in "${runtimeDir}" \\(\\d+\\.\\d MB, from --runtime-file\\)$`));
+  assert.match(fromFile.stdout.split("\n")[2], /^sshd-host: send\.ts starts in \d+ ms on bun\//);
+  assert.equal(badRegistry.requests.length, requests);
+  assert.equal(readFileSync(join(runtimeDir, ".urlserver-runtime"), "utf8"), `bun file ${name}\n`);
+  assert.deepEqual(readdirSync(join(runtimeDir, "..")).sort(), [PLATFORM, "Linux-mine"].sort());
 });
