@@ -995,7 +995,7 @@ function installReport(host: string, lines: string[], code: number | null, lastE
   const [start, end] = ran.slice(1);
   const ms = /^\d+$/.test(start ?? "") && /^\d+$/.test(end ?? "") ? Number(BigInt(end) - BigInt(start)) / 1e6 : arrivalMs;
   const runtime = / on (.*)$/.exec(said.at(-1) ?? "")?.[1] ?? "an unknown runtime";
-  const hint = runtime.includes("npx") ? "; it starts faster with tsx installed there: npm install -g --prefix ~/.local tsx" : "";
+  const hint = runtime.includes("npx") ? "; it starts faster with a runtime of its own: server.ts --install --runtime bun HOST" : "";
   process.stdout.write([
     `${host}: ${placed.join(", ")}, in ${quoted(dir)}`,
     ...(provision.note ? [`${host}: ${provision.note}`] : []),

@@ -145,4 +145,11 @@ test("a host with no runtime: --install provisions Bun, the server connects with
   assert.equal(badRegistry.requests.length, requests);
   assert.equal(readFileSync(join(runtimeDir, ".urlserver-runtime"), "utf8"), `bun file ${name}\n`);
   assert.deepEqual(readdirSync(join(runtimeDir, "..")).sort(), [PLATFORM, "Linux-mine"].sort());
+
+  // A directory at the runtime's place without our marker is not ours: left alone, nothing sent.
+  rmSync(join(runtimeDir, ".urlserver-runtime"));
+  const notOurs = await installing(t, sshd, badRegistry, badCache, ["--install", "--runtime-file", tarball!]);
+  assert.equal(notOurs.code, 69);
+  assert.equal(notOurs.stderr, `server: cannot install on "sshd-host": no runtime provisioned: "${runtimeDir}" is not a runtime urlserver provisioned: left alone`);
+  assert.deepEqual(readdirSync(runtimeDir), ["bin"]);
 });
