@@ -22,7 +22,8 @@
 //
 // server.ts starts it for you over ssh, as `sh client.ts`: the lines above
 // run it with the first of Deno, Bun, Node 22.6+, Node with tsx, or npx tsx
-// found here. Or:
+// found here, on PATH or where a user installs one without root (README,
+// Runtimes), in "/" so that nothing in the current directory is read. Or:
 //   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
 //   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \
@@ -53,7 +54,7 @@ Options:
   --socket PATH   the socket to listen on (default: $URLSERVER_SOCKET, else
                   $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   -h, --help      show this help
-  --version       print the version and the runtime running this
+  --version       print the version, and the runtime running this and its path
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
 

@@ -31,8 +31,9 @@
 //
 // Exit codes: 0 every URL opened (--status: a desktop is connected), 64 usage,
 // 65 a URL was refused (by the desktop, or here: one argument is one URL),
-// 69 no server is connected on this host (or it went away), 70 internal
-// error, 75 timed out, 77 the socket is not the user's own, 128+N signal N.
+// 69 no server is connected on this host (or it went away; or the first lines
+// found no runtime here, and print each URL), 70 internal error, 75 timed
+// out, 77 the socket is not the user's own, 128+N signal N.
 
 import { lstatSync } from "node:fs";
 import { connect } from "node:net";
@@ -52,7 +53,7 @@ Options:
   --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
   --status            say whether a desktop is connected on this host, and since when
   -h, --help          show this help
-  --version           print the version and the runtime running this
+  --version           print the version, and the runtime running this and its path
   --                  end of options: what follows is a URL even if it starts with -
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.

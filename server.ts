@@ -82,7 +82,7 @@ Options:
                          (never over a file that is not theirs), then say
                          which runtime send.ts starts with there, and how fast
   -h, --help             show this help
-  --version              print the version and the runtime running this
+  --version              print the version, and the runtime running this and its path
 
 Environment: URLSERVER_SSH, URLSERVER_REMOTE_COMMAND, URLSERVER_BROWSER as
 above; the remote side uses URLSERVER_SOCKET and XDG_RUNTIME_DIR.
