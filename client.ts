@@ -15,14 +15,15 @@
 ":" //; [ "$n" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
 ":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec "$n" --import "${t%/*}/loader.mjs" "$s" "$@"; done
 ":" //; [ "$n" ] && x "${n%/*}/npx" npx && case $n in /*) PATH=${n%/*}:$PATH; esac && exec "$r" --yes tsx "$s" "$@"
-":" //; echo "client.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; echo "client.ts: no runtime found on PATH or in ~/.deno/bin, ~/.bun/bin, ~/.local/bin, ~/.nvm/versions/node, ~/.volta/bin, ~/.local/share/urlserver/runtime: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx; on the desktop, \"server.ts --install HOST\" brings one" >&2; exit 69
 // client.ts: the remote end of urlserver. It listens on a private Unix socket
 // for URLs (from send.ts, or anything that writes a line to the socket) and
 // forwards them over stdout, the SSH channel, to server.ts on the desktop.
 //
 // server.ts starts it for you over ssh, as `sh client.ts`: the lines above
 // run it with the first of Deno, Bun, Node 22.6+, Node with tsx, or npx tsx
-// found here. Or:
+// found here, on PATH or where a user installs one without root (README,
+// Runtimes), in "/" so that nothing in the current directory is read. Or:
 //   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
 //   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \
@@ -53,7 +54,7 @@ Options:
   --socket PATH   the socket to listen on (default: $URLSERVER_SOCKET, else
                   $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   -h, --help      show this help
-  --version       print the version and the runtime running this
+  --version       print the version, and the runtime running this and its path
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
 

@@ -15,7 +15,9 @@
 ":" //; [ "$n" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
 ":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec "$n" --import "${t%/*}/loader.mjs" "$s" "$@"; done
 ":" //; [ "$n" ] && x "${n%/*}/npx" npx && case $n in /*) PATH=${n%/*}:$PATH; esac && exec "$r" --yes tsx "$s" "$@"
-":" //; echo "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; echo "send.ts: no runtime found on PATH or in ~/.deno/bin, ~/.bun/bin, ~/.local/bin, ~/.nvm/versions/node, ~/.volta/bin, ~/.local/share/urlserver/runtime: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx; on the desktop, \"server.ts --install HOST\" brings one" >&2; LC_ALL=C; k=; e=; for a; do [ "$k" ] && k= && continue
+":" //;   case $e$a in --) e=1;; --socket|--timeout) k=1;; -?*) ;; *[!\ -~]*) while [ "$a" ]; do c=${a%"${a#?}"}; a=${a#?}
+":" //;     case $c in [\ -~]) printf %s "$c";; *) printf %%%02X "'$c";; esac; done; echo;; *) printf '%s\n' "$a";; esac; done >&2; exit 69
 // send.ts: hands URLs to the urlserver client on this host, to be opened in
 // the browser on the desktop, and waits until the desktop has opened them.
 // Meant to be $BROWSER on the remote host.
@@ -29,8 +31,9 @@
 //
 // Exit codes: 0 every URL opened (--status: a desktop is connected), 64 usage,
 // 65 a URL was refused (by the desktop, or here: one argument is one URL),
-// 69 no server is connected on this host (or it went away), 70 internal
-// error, 75 timed out, 77 the socket is not the user's own, 128+N signal N.
+// 69 no server is connected on this host (or it went away; or the first lines
+// found no runtime here, and print each URL), 70 internal error, 75 timed
+// out, 77 the socket is not the user's own, 128+N signal N.
 
 import { lstatSync } from "node:fs";
 import { connect } from "node:net";
@@ -50,7 +53,7 @@ Options:
   --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
   --status            say whether a desktop is connected on this host, and since when
   -h, --help          show this help
-  --version           print the version and the runtime running this
+  --version           print the version, and the runtime running this and its path
   --                  end of options: what follows is a URL even if it starts with -
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.

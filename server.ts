@@ -15,7 +15,7 @@
 ":" //; [ "$n" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
 ":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec "$n" --import "${t%/*}/loader.mjs" "$s" "$@"; done
 ":" //; [ "$n" ] && x "${n%/*}/npx" npx && case $n in /*) PATH=${n%/*}:$PATH; esac && exec "$r" --yes tsx "$s" "$@"
-":" //; echo "server.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; echo "server.ts: no runtime found on PATH or in ~/.deno/bin, ~/.bun/bin, ~/.local/bin, ~/.nvm/versions/node, ~/.volta/bin, ~/.local/share/urlserver/runtime: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
 // server.ts: the desktop end of urlserver. It runs `ssh HOST` with client.ts
 // as the remote command and opens every URL the client forwards with this
 // desktop's opener, until the connection ends.
@@ -100,7 +100,7 @@ Options:
   --uninstall            instead of serving: remove from each HOST what
                          --install put there (never a file that is not ours)
   -h, --help             show this help
-  --version              print the version and the runtime running this
+  --version              print the version, and the runtime running this and its path
 
 Environment: URLSERVER_SSH, URLSERVER_REMOTE_COMMAND, URLSERVER_BROWSER as
 above; the remote side uses URLSERVER_SOCKET and XDG_RUNTIME_DIR.
@@ -1446,7 +1446,8 @@ function helloWait(host: string, options: Options, budget: LogBudget, fail: (fai
 // Why a connection whose ssh (or local client) exited before the hello
 // failed, in one line: ssh's own error (exit 255) or death by a signal, with
 // its last message; client.ts missing where the default remote command looks
-// for it; or the remote command's exit status and last message.
+// for it; no runtime for it there; or the remote command's exit status and
+// last message.
 function exitFailure(host: string, options: Options, code: number | null, signal: NodeJS.Signals | null, said: string,
   earlier: string[]): Failure {
   const last = said ? `: ${said}` : "";
@@ -1459,6 +1460,10 @@ function exitFailure(host: string, options: Options, code: number | null, signal
   const missing = /client\.ts/.test(said) && /no such file|not found|cannot open|can't open/i.test(said);
   if (missing && (code === 127 || code === 2) && (options.remoteCommand ?? DEFAULT_REMOTE_COMMAND) === DEFAULT_REMOTE_COMMAND) {
     return failureOf(`client.ts is not in the remote home directory: run "server.ts --install ${host}"`);
+  }
+  // client.ts's first lines found no runtime there (theirs and older clients' words): --install brings one.
+  if (code === 69 && /^client\.ts: no runtime found\b/.test(said)) {
+    return failureOf(`cannot start the client: no runtime for it there (Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx): run "server.ts --install ${host}" to bring one`, earlier);
   }
   return failureOf(`cannot start the client: the remote command exited ${code}${last}`, earlier);
 }

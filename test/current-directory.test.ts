@@ -2,8 +2,9 @@
 // are run in: $BROWSER runs in whatever directory a program stands in, often
 // a freshly cloned repository. The directory here holds a bunfig.toml whose
 // preload, a tsconfig.json and a deno.json whose import maps, a package.json
-// whose bin, and a node_modules/.bin/tsx, each of which would leave a marker
-// file if run, and a .env that would move the socket elsewhere. Under each
+// whose bin, a node_modules/.bin/tsx and an .npmrc's script-shell, each of
+// which would leave a marker file if run, and a .env that would move the
+// socket elsewhere. Under each
 // runtime (Deno, Bun, Node 24's type stripping, an older Node with tsx's
 // loader or through npx), started by the first lines: client.ts serves a
 // socket given relative to that directory, send.ts delivers a URL through it,
@@ -59,6 +60,9 @@ function hostileDirectory(dir: string, markers: string): string {
     "package-bin.sh": evilSh("package-json-bin"),
     "package-imports.cjs": evil("package-json-imports"),
     "node_modules/.bin/tsx": evilSh("node-modules-bin-tsx"),
+    // npm runs a package's bin through this shell.
+    ".npmrc": `script-shell=${join(hostile, "npmrc-shell.sh")}\n`,
+    "npmrc-shell.sh": `#!/bin/sh\n: > ${join(markers, "npmrc-script-shell")}\nexec /bin/sh "$@"\n`,
   };
   for (const [name, text] of Object.entries(files)) writeFileSync(join(hostile, name), text, { mode: name.endsWith(".sh") || name.endsWith("tsx") ? 0o755 : 0o644 });
   return hostile;

@@ -58,6 +58,10 @@ const CASES: Case[] = [
   { name: "no Node: a message naming what is needed, exit 69", expected: "none" },
 ];
 
+const NO_RUNTIME = (script: string) => `${script}: no runtime found on PATH or in ~/.deno/bin, ~/.bun/bin, ~/.local/bin, ` +
+  "~/.nvm/versions/node, ~/.volta/bin, ~/.local/share/urlserver/runtime: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" +
+  (script === "server.ts" ? "" : '; on the desktop, "server.ts --install HOST" brings one');
+
 /** Whether the case runs node on the script itself, which then must strip types: Node 24 backs the fake. */
 function stripsTypes(c: Case): boolean {
   return Array.isArray(c.expected) && !c.expected.includes("--import");
@@ -111,7 +115,7 @@ for (const c of CASES) {
     await waitUntil(() => version.stdout.ended && version.stderr.ended, 2000, "send.ts's output to end");
     if (c.expected === "none") {
       assert.equal(exit.code, 69);
-      assert.equal(version.stderr.text(), "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx");
+      assert.equal(version.stderr.text(), NO_RUNTIME("send.ts"));
       return;
     }
     if (c.expected === "npx") {
@@ -133,9 +137,30 @@ for (const c of CASES) {
   });
 }
 
-test("first lines: the same in the three scripts but for Deno's permissions and the script's name", { timeout: 5000 }, () => {
+test("first lines: with no runtime, send.ts prints each URL on a line of its own, never raw; each script says where it looked", { timeout: 30_000 }, async (t) => {
+  const c = CASES.find((each) => each.expected === "none")!;
+  const { env } = hostFor(t, c);
+  const args = ["--socket", "/run/x.sock", "--timeout=3", "https://example.org/a b", "--timeout", "5",
+    "http://x.example/\x1b]0;title\x07\u009b2J\u202e\nnext", "--", "--socket", "-h"];
+  const send = start(t, "send.ts", "/bin/sh", [join(ROOT, "send.ts"), ...args], { env, stdin: "ignore" });
+  assert.equal((await waitForExit(send, 10_000, "sh send.ts")).code, 69);
+  await waitUntil(() => send.stdout.ended && send.stderr.ended, 2000, "send.ts's output to end");
+  assert.equal(send.stdout.text(), "");
+  // As send.ts prints a URL it could not have opened, on stderr; the bytes a terminal would act on percent-encoded.
+  assert.deepEqual(send.stderr.text().split("\n"), [NO_RUNTIME("send.ts"), "https://example.org/a b",
+    "http://x.example/%1B]0;title%07%C2%9B2J%E2%80%AE%0Anext", "--socket", "-h"]);
+  for (const script of ["client.ts", "server.ts"]) {
+    const other = start(t, script, "/bin/sh", [join(ROOT, script), "--socket", "/run/x.sock", "build1"], { env, stdin: "ignore" });
+    assert.equal((await waitForExit(other, 10_000, `sh ${script}`)).code, 69);
+    await waitUntil(() => other.stdout.ended && other.stderr.ended, 2000, `${script}'s output to end`);
+    assert.deepEqual([other.stdout.text(), other.stderr.text()], ["", NO_RUNTIME(script)]);
+  }
+});
+
+test("first lines: the same in the three scripts but for Deno's permissions, the script's name and what each says with no runtime", { timeout: 5000 }, () => {
   const firstLines = (script: string) => readFileSync(join(ROOT, script), "utf8").split("\n")
     .filter((line) => line.startsWith('":" //;'))
+    .filter((line, i, lines) => !lines.slice(0, i + 1).some((each) => each.includes("no runtime found")))
     .map((line) => line.replace(/--allow-\S+ /g, "").replaceAll(script, "SCRIPT"));
   const server = firstLines("server.ts");
   assert.ok(server.length > 5, "server.ts has no first lines");
