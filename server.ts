@@ -482,7 +482,8 @@ async function installHosts(options: Options): Promise<number> {
   let failed = false;
   for (const host of options.hosts) {
     const problems = await installOn(host, options, script);
-    for (const problem of problems) process.stderr.write(`${PROGRAM}: cannot install on "${host}": ${problem}\n`);
+    // Problems may quote what the host said: shown only through printable().
+    for (const problem of problems) process.stderr.write(`${PROGRAM}: cannot install on "${host}": ${printable(problem)}\n`);
     failed ||= problems.length > 0;
   }
   return failed ? 69 : 0;
@@ -636,7 +637,7 @@ probe
 async function installOn(host: string, options: Options, script: string): Promise<string[]> {
   let provisioning: Promise<Provision> | undefined;
   const session = remoteShell(host, options, (fields, lines) => {
-    if (fields === "want") provisioning = answerWant(host, options, lines, session);
+    if (fields === "want" && !provisioning) provisioning = answerWant(host, options, lines, session);
   });
   session.stdin.write(script);
   const ended = await session.ended;
@@ -1076,7 +1077,7 @@ async function uninstallHosts(options: Options): Promise<number> {
     session.stdin.end(UNINSTALL_SCRIPT);
     const ended = await session.ended;
     const problem = ended.failure ?? uninstallReport(host, session.lines, ended.code, ended.lastError);
-    if (problem) process.stderr.write(`${PROGRAM}: cannot uninstall from "${host}": ${problem}\n`);
+    if (problem) process.stderr.write(`${PROGRAM}: cannot uninstall from "${host}": ${printable(problem)}\n`);
     failed ||= Boolean(problem);
   }
   return failed ? 69 : 0;
@@ -1087,7 +1088,7 @@ function uninstallReport(host: string, lines: string[], code: number | null, las
   const removed = lines.filter((line) => line.startsWith("removed ")).map((line) => quoted(line.slice(8)));
   const kept = lines.filter((line) => line.startsWith("kept ")).map((line) => {
     const [, why, ...path] = line.split(" ");
-    return `${host}: left alone ${quoted(path.join(" "))}: ${why.replaceAll("-", " ")}`;
+    return `${host}: left alone ${quoted(path.join(" "))}: ${printable(why.replaceAll("-", " "))}`;
   });
   const failures = lines.filter((line) => line.startsWith("failed ")).map((line) => printable(line.slice(7)));
   const report = [
