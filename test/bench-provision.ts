@@ -10,7 +10,8 @@
 // 2. The real download of the default release from the registry, once, with
 //    a fresh npm cache (skipped, saying so, when the registry is not reached).
 // 3. Over a loopback ssh (test/fixtures/sshd.ts, a host with no runtime):
-//    the release streamed to the host's tar and unpacked; then --install end
+//    the release streamed to the host's tar and unpacked, beside its floor
+//    (the same bytes over the same ssh, thrown away); then --install end
 //    to end, cold (the desktop's cache empty, npm fetching from a stand-in
 //    registry on 127.0.0.1) and warm (from the cache), each after --uninstall.
 
@@ -159,6 +160,8 @@ async function overSsh(dir: string): Promise<string[]> {
     if (!sshd) return ["", `over ssh: skipped: ${skipped.join("; ")}`];
     const registry = await startRegistry(t, tarball);
     const size = (statSync(tarball).size / 1e6).toFixed(1);
+    // The floor: the same bytes over the same ssh, thrown away.
+    const floor = await timed(sshd.sshWrapper, [sshd.host, "cat > /dev/null"], {}, readFileSync(tarball));
     const unpack = await timed(sshd.sshWrapper, [sshd.host, 'd=$(mktemp -d) && cd "$d" && tar -xzf - && cd / && rm -rf "$d"'], {}, readFileSync(tarball));
     const env = { npm_config_registry: registry.url, XDG_CACHE_HOME: join(dir, "cache") };
     const install = () => timed(process.execPath, ["--import", "tsx", "server.ts", "--install", "--ssh", sshd.sshWrapper, sshd.host], env);
@@ -169,10 +172,11 @@ async function overSsh(dir: string): Promise<string[]> {
     const starts = /send\.ts starts in (\d+ ms)/.exec(warm.stdout)?.[1] ?? "?";
     return ["", `over a loopback ssh, a host with no runtime (release: ${size} MB, gzip -1 of the Bun in .runtimes)`, "",
       row(["step", "s"]), row(["---", "---:"]),
+      row(["floor: the release over ssh into `cat > /dev/null`", floor.seconds.toFixed(1)]),
       row(["release streamed to the host's tar and unpacked", unpack.seconds.toFixed(1)]),
       row(["--install end to end, cold (npm from a stand-in registry on 127.0.0.1)", cold.seconds.toFixed(1)]),
       row(["--install end to end, warm (the desktop's cache)", warm.seconds.toFixed(1)]),
-      "", `send.ts then starts there in ${starts}`];
+      "", `warm --install / transfer and unpack: ${(warm.seconds / unpack.seconds).toFixed(2)}×; send.ts then starts there in ${starts}`];
   } finally {
     for (const hook of afters.reverse()) await hook();
   }
