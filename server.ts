@@ -30,9 +30,9 @@
 //   ./server.ts --uninstall HOST                 take them away again
 //
 // Exit codes: 64 usage, 69 every host's client or connection went away (or
-// --install or --uninstall failed on a HOST), 70 internal error, 73 cannot write the --log
-// file, 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143 TERM,
-// 129 HUP, 141 stderr closed).
+// --install or --uninstall failed on a HOST), 70 internal error, 73 cannot
+// write the --log file, 76 protocol mismatch, 128+N ended by signal N (130
+// Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed).
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
@@ -522,8 +522,10 @@ export type RuntimeName = "bun" | "node" | "deno";
 const RUNTIME_NAMES: RuntimeName[] = ["bun", "node", "deno"];
 // The releases --install provisions, pinned: the ones the suite and the bench ran on.
 export const RUNTIME_RELEASES: Record<RuntimeName, string> = { bun: "1.4.5", node: "24.22.3", deno: "2.9.6" };
-// Chosen by measurement (test/bench.ts; README, Runtimes): the fastest start
-// of send.ts, the smallest download, and the only one with musl builds.
+// Chosen by measurement (test/bench-provision.ts; README, Provisioning a
+// runtime): the fastest start of send.ts, the smallest idle client, and the
+// only one with a release for every kind of host (musl, x86-64 without AVX2,
+// macOS).
 export const DEFAULT_RUNTIME: RuntimeName = "bun";
 
 function installScript(): string {
