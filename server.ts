@@ -36,8 +36,8 @@
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, chmodSync, constants, createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync,
-  realpathSync, renameSync, rmSync, statSync } from "node:fs";
+import { accessSync, appendFileSync, chmodSync, closeSync, constants, createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync,
+  readFileSync, readSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { homedir, hostname, networkInterfaces, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -377,14 +377,23 @@ function runtimeChoice(name: string | undefined, file: string | undefined, insta
     throw new Error(`--runtime needs one of ${RUNTIME_NAMES.join(", ")}, not "${name}"`);
   }
   if (file === undefined) return { runtime: name as RuntimeName };
+  const head = Buffer.alloc(2);
   try {
     if (!statSync(file).isFile()) throw new Error("not a regular file");
+    const fd = openSync(file, "r");
+    try {
+      readSync(fd, head, 0, 2, 0);
+    } finally {
+      closeSync(fd);
+    }
   } catch (error) {
     throw new Error(`--runtime-file: cannot read "${file}": ${(error as Error).message}`);
   }
   const named = RUNTIME_NAMES.filter((runtime) => new RegExp(`(^|[^a-z])${runtime}([^a-z]|$)`).test(file.split(/[\\/]/).pop()!));
   const runtime = (name as RuntimeName | undefined) ?? (named.length === 1 ? named[0] : undefined);
   if (!runtime) throw new Error(`--runtime-file: which runtime "${file}" holds is not in its name: say it with --runtime NAME`);
+  // What the host's tar unpacks: gzip's magic number, as a .tgz or .tar.gz starts.
+  if (head[0] !== 0x1f || head[1] !== 0x8b) throw new Error(`--runtime-file: "${file}" is not a .tgz or .tar.gz`);
   return { runtime, runtimeFile: file };
 }
 

@@ -3,14 +3,16 @@
 // once have used is never written through; a host that stalls is given up
 // with one line while the later hosts are still set up, and ssh gets the
 // same ConnectTimeout and keepalive as when serving; the BROWSER line it
-// prints is quoted for the shell whatever login directory the remote reports.
+// prints is quoted for the shell whatever login directory the remote reports;
+// --uninstall, too, goes on past a host it cannot reach and removes nothing
+// through a symbolic link.
 // The "remote" is a shell run here by a stand-in for ssh that sets the trap
 // first (no sshd needed); send.ts starts there under Node with this
 // checkout's tsx, put on PATH.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
@@ -94,4 +96,25 @@ test("--install quotes the BROWSER line for the shell whatever login directory t
   assert.equal(value, join(home, "send.ts"));
   assert.equal(existsSync(join(dir, "pwned")), false, "the BROWSER line ran a command");
   assert.match(result.stdout, /in ~\/\.profile it reaches login shells; in ~\/\.bashrc, interactive shells/);
+});
+
+test("--uninstall: a host ssh cannot reach is one line, the next is still done; a symbolic link at a script's name is left alone", { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t);
+  const home = join(dir, "home");
+  mkdirSync(home);
+  writeFileSync(join(home, "client.ts"), readFileSync(join(ROOT, "client.ts")));
+  const victim = join(dir, "notes");
+  writeFileSync(victim, "mine\n");
+  symlinkSync(victim, join(home, "send.ts"));
+  const ssh = trappedSsh(dir, ":", `case "$*" in *" down "*) echo "ssh: connect to host down port 22: Connection refused" >&2; exit 255;; esac`);
+
+  const result = await run(t, "server.ts", ["--uninstall", "--ssh", ssh, "down", "up"], { env: { FAKE_HOME: home, HOME: dir } });
+  assert.equal(result.code, 69);
+  assert.equal(result.stderr, 'server: cannot uninstall from "down": ssh exited 255: ssh: connect to host down port 22: Connection refused');
+  assert.equal(result.stdout, [
+    `up: removed "${home}/client.ts"`,
+    `up: left alone "${home}/send.ts": a symbolic link`,
+  ].join("\n"));
+  assert.deepEqual(readdirSync(home), ["send.ts"]);
+  assert.equal(readFileSync(victim, "utf8"), "mine\n");
 });

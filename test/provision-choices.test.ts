@@ -44,6 +44,9 @@ test("the options that choose a runtime go with --install, name a runtime, and a
   const dir = tempDir(t);
   const file = join(dir, "release.tgz");
   writeFileSync(file, "");
+  // Bun's GitHub releases are zip files, which not every host can unpack.
+  const zip = join(dir, "bun-linux-x64.zip");
+  writeFileSync(zip, "PK\x03\x04");
   const usage = (message: string) => `server: ${message}\nRun "server.ts --help" for usage.`;
   const expectations: Array<[string[], string]> = [
     [["--runtime", "bun", "host"], usage("--runtime goes with --install")],
@@ -52,6 +55,7 @@ test("the options that choose a runtime go with --install, name a runtime, and a
     [["--install", "--runtime-file", join(dir, "absent.tgz"), "host"],
       usage(`--runtime-file: cannot read "${join(dir, "absent.tgz")}": ENOENT: no such file or directory, stat '${join(dir, "absent.tgz")}'`)],
     [["--install", "--runtime-file", file, "host"], usage(`--runtime-file: which runtime "${file}" holds is not in its name: say it with --runtime NAME`)],
+    [["--install", "--runtime-file", zip, "host"], usage(`--runtime-file: "${zip}" is not a .tgz or .tar.gz`)],
     [["--install", "--uninstall", "host"], usage("--install and --uninstall together: choose one")],
     [["--uninstall", "--local", "host"], usage("--uninstall works over ssh: --local has no remote home to uninstall from")],
   ];
