@@ -63,7 +63,7 @@ test("--install with no client.ts beside server.ts says so and runs no ssh, exit
   assert.equal(existsSync(sshLog), false, "ssh was run");
 });
 
-const STARTS = /^sshd-host: send\.ts starts in \d+ ms on (node\/\d+\.\d+\.\d+( with tsx| with --experimental-strip-types)?|deno\/\S+|bun\/\S+)$/;
+const STARTS = /^sshd-host: send\.ts starts in \d+ ms on (node\/\d+\.\d+\.\d+( with tsx| with --experimental-strip-types)?|deno\/\S+|bun\/\S+) from \/\S+$/;
 const BROWSER_LINE = `sshd-host: add to the shell's start-up file there: export BROWSER="$HOME/send.ts"`;
 
 test("--install over real ssh: both scripts placed, executable; runtime, start-up time, BROWSER line; a second run changes nothing, a third replaces an older copy", { timeout: 120_000 }, async (t) => {
