@@ -4,11 +4,12 @@
 // ~/.bun/bin, and any Node named in BENCH_NODES), the wall time of
 // `./send.ts URL` from its start to its exit with "ok", through a running
 // server and client (--local), run as on a remote host: a copy in a home of
-// its own, started by its own first lines with only that runtime on PATH. Beside it, measured in the same run (the
-// two alternate): its floor, a file with send.ts's first lines and imports
-// and nothing else, run the same way; and socat sending the same line to the
-// same socket. Medians and 95th percentiles over BENCH_RUNS runs (default
-// 30), and (send.ts - socat) / floor, whose target is 1.3.
+// its own, started by its own first lines with only that runtime on PATH.
+// Beside it, measured in the same run (the two alternate): its floor, a file
+// with send.ts's first lines and imports and nothing else, run the same way;
+// and socat sending the same line to the same socket. Medians and 95th
+// percentiles over BENCH_RUNS runs (default 30), and (send.ts - socat) /
+// floor, whose target is 1.3.
 // Then throughput with rate limiting off: URLs per second delivered end to
 // end (socket, client, channel, server, opener started) over one connection
 // and over 20, beside socat relaying the same lines from a Unix socket to a
