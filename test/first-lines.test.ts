@@ -12,8 +12,9 @@
 // found too (~/.deno/bin, ~/.bun/bin, ~/.local/bin, nvm's newest Node,
 // Volta, the runtime `server.ts --install` provisions), and --version and the
 // hello say which runtime runs and from where.
-// Also: the three scripts' first lines differ only in Deno's permissions
-// and the script's name.
+// With no runtime at all, each says where it looked, and send.ts prints each
+// URL it was given, never raw. Also: the three scripts' first lines differ
+// only in Deno's permissions, the script's name and those last lines.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";

@@ -63,7 +63,7 @@ test("--install with no client.ts beside server.ts says so and runs no ssh, exit
   assert.equal(existsSync(sshLog), false, "ssh was run");
 });
 
-const STARTS = /^sshd-host: send\.ts starts in \d+ ms on (node\/\d+\.\d+\.\d+( with tsx| with --experimental-strip-types)?|deno\/\S+|bun\/\S+)( from \/\S+)?$/;
+const STARTS = /^sshd-host: send\.ts starts in \d+ ms on (node\/\d+\.\d+\.\d+( with tsx| with --experimental-strip-types)?|deno\/\S+|bun\/\S+) from \/\S+$/;
 const BROWSER_LINES = [
   `sshd-host: for the programs there, set BROWSER in a start-up file of the shell there: export BROWSER="$HOME/send.ts"`,
   "sshd-host: in ~/.profile it reaches login shells; in ~/.bashrc, interactive shells, and `ssh HOST COMMAND` only above its interactive guard (case $- in ...)",
