@@ -5,18 +5,20 @@
 // same ConnectTimeout and keepalive as when serving; the BROWSER line it
 // prints is quoted for the shell whatever login directory the remote reports;
 // --uninstall, too, goes on past a host it cannot reach and removes nothing
-// through a symbolic link.
+// through a symbolic link; an install interrupted while the runtime streams
+// leaves the runtime there as it was and no temporary directory.
 // The "remote" is a shell run here by a stand-in for ssh that sets the trap
 // first (no sshd needed); send.ts starts there under Node with this
 // checkout's tsx, put on PATH.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { ROOT, run, tempDir } from "./helpers.ts";
+import { ROOT, run, startScript, tempDir, waitForExit, waitUntil } from "./helpers.ts";
 
 /**
  * A stand-in for ssh: logs its arguments, then runs the remote command's
@@ -117,4 +119,34 @@ test("--uninstall: a host ssh cannot reach is one line, the next is still done; 
   ].join("\n"));
   assert.deepEqual(readdirSync(home), ["send.ts"]);
   assert.equal(readFileSync(victim, "utf8"), "mine\n");
+});
+
+test("an --install interrupted while the runtime streams leaves the runtime there as it was, and no temporary directory", { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t);
+  const home = join(dir, "home");
+  const platform = `${execFileSync("uname", ["-s"], { encoding: "utf8" }).trim()}-${execFileSync("uname", ["-m"], { encoding: "utf8" }).trim()}`;
+  mkdirSync(home);
+  // $HOME there is the desktop's here (HOME=dir): a runtime provisioned before, ours by its marker.
+  const runtimes = join(dir, ".local/share/urlserver/runtime");
+  mkdirSync(join(runtimes, platform, "bin"), { recursive: true });
+  writeFileSync(join(runtimes, platform, ".urlserver-runtime"), "bun file older.tgz\n");
+  writeFileSync(join(runtimes, platform, "bin/bun"), "the old runtime\n");
+  // A release of 4 MB that cannot be compressed, and a tar there that reads it slowly, to its end.
+  mkdirSync(join(dir, "release/package/bin"), { recursive: true });
+  writeFileSync(join(dir, "release/package/bin/bun"), randomBytes(4_000_000));
+  execFileSync("tar", ["-czf", join(dir, "bun-new.tgz"), "-C", join(dir, "release"), "package"]);
+  mkdirSync(join(dir, "slow-bin"));
+  writeFileSync(join(dir, "slow-bin/tar"), '#!/bin/sh\nwhile [ "$(head -c 65536 | wc -c)" -gt 0 ]; do sleep 0.05; done\nexit 2\n', { mode: 0o755 });
+  const ssh = trappedSsh(dir, `PATH="${dir}/slow-bin:$PATH"`);
+
+  const env = { FAKE_HOME: home, HOME: dir, PATH: `${join(ROOT, "node_modules/.bin")}:${process.env.PATH}` };
+  const server = startScript(t, "server.ts", ["--install", "--ssh", ssh, "--runtime-file", join(dir, "bun-new.tgz"), "host"], { env, stdin: "ignore" });
+  const incoming = () => readdirSync(runtimes).filter((name) => name.startsWith(".incoming."));
+  await waitUntil(() => incoming().length === 1, 30_000, "the temporary directory of the transfer");
+  process.kill(server.pid, "SIGINT");
+  assert.equal((await waitForExit(server, 10_000, "server.ts")).code, 130);
+  await waitUntil(() => incoming().length === 0, 10_000, "the temporary directory to be removed");
+  assert.deepEqual(readdirSync(runtimes), [platform]);
+  assert.equal(readFileSync(join(runtimes, platform, "bin/bun"), "utf8"), "the old runtime\n");
+  assert.equal(readFileSync(join(runtimes, platform, ".urlserver-runtime"), "utf8"), "bun file older.tgz\n");
 });
