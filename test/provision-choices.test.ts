@@ -40,7 +40,7 @@ test("a platform line with too few or too many fields is no platform", { timeout
   assert.equal(hostPlatform("Linux x86_64 glibc avx2 no-gzip Linux-x86_64")?.gzip, false);
 });
 
-test("the options that choose a runtime go with --install, name a runtime, and a file that is there", { timeout: 30_000 }, async (t) => {
+test("the options that choose a runtime go with --install, name a runtime, and a file that is there", { timeout: 150_000 }, async (t) => {
   const dir = tempDir(t);
   const file = join(dir, "release.tgz");
   writeFileSync(file, "");
