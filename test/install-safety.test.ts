@@ -6,7 +6,8 @@
 // prints is quoted for the shell whatever login directory the remote reports;
 // --uninstall, too, goes on past a host it cannot reach and removes nothing
 // through a symbolic link; an install interrupted while the runtime streams
-// leaves the runtime there as it was and no temporary directory.
+// leaves the runtime there as it was and no temporary directory; a host
+// without gzip gets the tar itself.
 // The "remote" is a shell run here by a stand-in for ssh that sets the trap
 // first (no sshd needed); send.ts starts there under Node with this
 // checkout's tsx, put on PATH.
@@ -40,10 +41,10 @@ exec sh -s
   return path;
 }
 
-function install(t: TestContext, dir: string, ssh: string, home: string, hosts: string[], timeoutMs = 60_000) {
+function install(t: TestContext, dir: string, ssh: string, home: string, args: string[], timeoutMs = 60_000) {
   // HOME: the desktop's own caches and the remote's (one machine here) stay in the test's directory.
   const env = { FAKE_HOME: home, HOME: dir, PATH: `${join(ROOT, "node_modules/.bin")}:${process.env.PATH}` };
-  return run(t, "server.ts", ["--install", "--ssh", ssh, ...hosts], { env, timeoutMs });
+  return run(t, "server.ts", ["--install", "--ssh", ssh, ...args], { env, timeoutMs });
 }
 
 test("--install never writes through a symbolic link planted at its temporary names", { timeout: 60_000 }, async (t) => {
@@ -149,4 +150,26 @@ test("an --install interrupted while the runtime streams leaves the runtime ther
   assert.deepEqual(readdirSync(runtimes), [platform]);
   assert.equal(readFileSync(join(runtimes, platform, "bin/bun"), "utf8"), "the old runtime\n");
   assert.equal(readFileSync(join(runtimes, platform, ".urlserver-runtime"), "utf8"), "bun file older.tgz\n");
+});
+
+test("--runtime-file to a host without gzip: the desktop sends the tar itself, and the runtime arrives whole", { timeout: 60_000 }, async (t) => {
+  const dir = tempDir(t);
+  const home = join(dir, "home");
+  mkdirSync(home);
+  // A stand-in runtime that answers send.ts --version as a runtime would.
+  const fake = '#!/bin/sh\necho "send.ts 0.0.0 on bun/0.0.0-stand-in"\n';
+  mkdirSync(join(dir, "release/package/bin"), { recursive: true });
+  writeFileSync(join(dir, "release/package/bin/bun"), fake, { mode: 0o755 });
+  execFileSync("tar", ["-czf", join(dir, "bun-stand-in.tgz"), "-C", join(dir, "release"), "package"]);
+  // The host's programs, gzip left out.
+  mkdirSync(join(dir, "no-gzip"));
+  for (const name of readdirSync("/usr/bin").filter((name) => name !== "gzip")) symlinkSync(join("/usr/bin", name), join(dir, "no-gzip", name));
+  const ssh = trappedSsh(dir, `PATH="${join(ROOT, "node_modules/.bin")}:${dir}/no-gzip"`);
+
+  const result = await install(t, dir, ssh, home, ["--runtime-file", join(dir, "bun-stand-in.tgz"), "plain"]);
+  assert.equal(result.code, 0, result.stderr);
+  const runtime = join(dir, ".local/share/urlserver/runtime", readdirSync(join(dir, ".local/share/urlserver/runtime"))[0]);
+  assert.match(result.stdout, new RegExp(`^plain: provisioned bun from "bun-stand-in\\.tgz" in "${runtime}" \\(0\\.0 MB, from --runtime-file\\)$`, "m"));
+  assert.match(result.stdout, /^plain: send\.ts starts in \d+ ms on bun\/0\.0\.0-stand-in$/m);
+  assert.equal(readFileSync(join(runtime, "bin/bun"), "utf8"), fake);
 });
