@@ -1,22 +1,29 @@
 #!/bin/sh
-":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
-":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys "$s" "$@"
-":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
-":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
+":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s"); case $s in /*) ;; *) s=$PWD/$s; esac
+":" //; x() { for r; do case $r in /*) [ -f "$r" ] && [ -x "$r" ] && return;; */*) ;; ?*) command -v "$r" >/dev/null && return;; esac; done; false; }
+":" //; p=$HOME/.local/share/urlserver/runtime; [ -d "$p" ] && { m=; for r in /lib/ld-musl-*; do [ -e "$r" ] && m=-musl; done; p=$p/$(uname -s)-$(uname -m)$m/bin; }
+":" //; x deno "$HOME/.deno/bin/deno" "$HOME/.local/bin/deno" "$p/deno" && exec "$r" run --no-prompt --no-config --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys "$s" "$@"
+":" //; export URLSERVER_CWD="$PWD"; cd / || exit 70
+":" //; x bun "$HOME/.bun/bin/bun" "$HOME/.local/bin/bun" "$p/bun" && exec "$r" "$s" -- "$@"
+":" //; b=0; N=; for r in "${NVM_DIR:-$HOME/.nvm}"/versions/node/v*/bin/node; do v=${r%/bin/node}; v=${v##*/v}; M=${v%%.*}; v=${v#*.}; m=${v%.*}; v=${v#*.}
+":" //;   case $m in ?) m=00$m;; ??) m=0$m;; esac; case $v in ?) v=00$v;; ??) v=0$v;; esac; [ "$M$m$v" -gt $b ] 2>/dev/null && b=$M$m$v && N=$r; done
+":" //; w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"; n=
 ":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
-":" //; case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec node $w "$s" "$@";; esac
-":" //; case $v in v23.*|v22.[6-9].*|v22.1?.*) exec node $w --experimental-strip-types "$s" "$@";; esac
-":" //; [ "$v" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
-":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec node --import "${t%/*}/loader.mjs" "$s" "$@"; done
-":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
-":" //; echo "client.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; for c in node "$HOME/.local/bin/node" "$N" "$HOME/.volta/bin/node" "$p/node"; do x "$c" && v=$("$r" --version 2>/dev/null) || continue; n=${n:-$r}
+":" //;   case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec "$r" $w "$s" "$@";; esac
+":" //;   case $v in v23.*|v22.[6-9].*|v22.1?.*) exec "$r" $w --experimental-strip-types "$s" "$@";; esac; done
+":" //; [ "$n" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
+":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec "$n" --import "${t%/*}/loader.mjs" "$s" "$@"; done
+":" //; [ "$n" ] && x "${n%/*}/npx" npx && case $n in /*) PATH=${n%/*}:$PATH; esac && exec "$r" --yes tsx "$s" "$@"
+":" //; echo "client.ts: no runtime found on PATH or in ~/.deno/bin, ~/.bun/bin, ~/.local/bin, ~/.nvm/versions/node, ~/.volta/bin, ~/.local/share/urlserver/runtime: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx; on the desktop, \"server.ts --install HOST\" brings one" >&2; exit 69
 // client.ts: the remote end of urlserver. It listens on a private Unix socket
 // for URLs (from send.ts, or anything that writes a line to the socket) and
 // forwards them over stdout, the SSH channel, to server.ts on the desktop.
 //
 // server.ts starts it for you over ssh, as `sh client.ts`: the lines above
 // run it with the first of Deno, Bun, Node 22.6+, Node with tsx, or npx tsx
-// found here. Or:
+// found here, on PATH or where a user installs one without root (README,
+// Runtimes), in "/" so that nothing in the current directory is read. Or:
 //   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
 //   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \
@@ -47,7 +54,7 @@ Options:
   --socket PATH   the socket to listen on (default: $URLSERVER_SOCKET, else
                   $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   -h, --help      show this help
-  --version       print the version and the runtime running this
+  --version       print the version, and the runtime running this and its path
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
 
@@ -64,17 +71,19 @@ ended by signal N (141: stdout closed)
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
 const VERSION = "0.3.0";
-// The runtime the first lines picked, and how it reads TypeScript: --version
-// says it (server.ts --install reports it from each host), so does the hello.
+// The runtime the first lines picked, how it reads TypeScript and where it
+// was found (PATH, a user's own install, the one --install provisioned):
+// --version says it (server.ts --install reports it from each host), so does the hello.
 function runtimeName(): string {
   const versions = process.versions as Record<string, string | undefined>;
-  if (versions.deno) return `deno/${versions.deno}`;
-  if (versions.bun) return `bun/${versions.bun}`;
+  const from = ` from ${process.execPath}`;
+  if (versions.deno) return `deno/${versions.deno}${from}`;
+  if (versions.bun) return `bun/${versions.bun}${from}`;
   const flags = process.execArgv.join(" ");
   const how = process.env.npm_lifecycle_event === "npx" ? " through npx tsx"
     : flags.includes("tsx") ? " with tsx"
     : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
-  return `node/${versions.node}${how}`;
+  return `node/${versions.node}${how}${from}`;
 }
 // Every way out runs the cleanups first, told the signal if that is the way:
 // a signal, a closed stdout or stderr, a crash.
@@ -98,6 +107,16 @@ function crash(error: unknown): never {
 }
 process.on("uncaughtException", crash);
 process.on("unhandledRejection", crash);
+// The first lines start every runtime but Deno in "/": Bun reads bunfig.toml
+// (preloads), .env and tsconfig.json (paths) from the directory it starts in,
+// npx runs its node_modules/.bin/tsx, and $BROWSER runs in whatever directory
+// a program stands in, a freshly cloned repository as often as not. Once
+// running, back there, so that relative paths mean what the user meant.
+const startedIn = (process.versions as Record<string, string | undefined>).deno ? undefined : process.env.URLSERVER_CWD;
+if (startedIn !== undefined) {
+  delete process.env.URLSERVER_CWD;
+  try { process.chdir(startedIn); } catch { /* gone or not enterable: relative paths start at "/" */ }
+}
 // END exit stanza
 
 const PROTOCOL = "urlserver/1";

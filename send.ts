@@ -1,15 +1,23 @@
 #!/bin/sh
-":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
-":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
-":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
-":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
+":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s"); case $s in /*) ;; *) s=$PWD/$s; esac
+":" //; x() { for r; do case $r in /*) [ -f "$r" ] && [ -x "$r" ] && return;; */*) ;; ?*) command -v "$r" >/dev/null && return;; esac; done; false; }
+":" //; p=$HOME/.local/share/urlserver/runtime; [ -d "$p" ] && { m=; for r in /lib/ld-musl-*; do [ -e "$r" ] && m=-musl; done; p=$p/$(uname -s)-$(uname -m)$m/bin; }
+":" //; x deno "$HOME/.deno/bin/deno" "$HOME/.local/bin/deno" "$p/deno" && exec "$r" run --no-prompt --no-config --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
+":" //; export URLSERVER_CWD="$PWD"; cd / || exit 70
+":" //; x bun "$HOME/.bun/bin/bun" "$HOME/.local/bin/bun" "$p/bun" && exec "$r" "$s" -- "$@"
+":" //; b=0; N=; for r in "${NVM_DIR:-$HOME/.nvm}"/versions/node/v*/bin/node; do v=${r%/bin/node}; v=${v##*/v}; M=${v%%.*}; v=${v#*.}; m=${v%.*}; v=${v#*.}
+":" //;   case $m in ?) m=00$m;; ??) m=0$m;; esac; case $v in ?) v=00$v;; ??) v=0$v;; esac; [ "$M$m$v" -gt $b ] 2>/dev/null && b=$M$m$v && N=$r; done
+":" //; w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"; n=
 ":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
-":" //; case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec node $w "$s" "$@";; esac
-":" //; case $v in v23.*|v22.[6-9].*|v22.1?.*) exec node $w --experimental-strip-types "$s" "$@";; esac
-":" //; [ "$v" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
-":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec node --import "${t%/*}/loader.mjs" "$s" "$@"; done
-":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
-":" //; echo "send.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; for c in node "$HOME/.local/bin/node" "$N" "$HOME/.volta/bin/node" "$p/node"; do x "$c" && v=$("$r" --version 2>/dev/null) || continue; n=${n:-$r}
+":" //;   case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec "$r" $w "$s" "$@";; esac
+":" //;   case $v in v23.*|v22.[6-9].*|v22.1?.*) exec "$r" $w --experimental-strip-types "$s" "$@";; esac; done
+":" //; [ "$n" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
+":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec "$n" --import "${t%/*}/loader.mjs" "$s" "$@"; done
+":" //; [ "$n" ] && x "${n%/*}/npx" npx && case $n in /*) PATH=${n%/*}:$PATH; esac && exec "$r" --yes tsx "$s" "$@"
+":" //; echo "send.ts: no runtime found on PATH or in ~/.deno/bin, ~/.bun/bin, ~/.local/bin, ~/.nvm/versions/node, ~/.volta/bin, ~/.local/share/urlserver/runtime: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx; on the desktop, \"server.ts --install HOST\" brings one" >&2; LC_ALL=C; k=; e=; for a; do [ "$k" ] && k= && continue
+":" //;   case $e$a in --) e=1;; --socket|--timeout) k=1;; -?*) ;; *[!\ -~]*) while [ "$a" ]; do c=${a%"${a#?}"}; a=${a#?}
+":" //;     case $c in [\ -~]) printf %s "$c";; *) printf %%%02X "'$c";; esac; done; echo;; *) printf '%s\n' "$a";; esac; done >&2; exit 69
 // send.ts: hands URLs to the urlserver client on this host, to be opened in
 // the browser on the desktop, and waits until the desktop has opened them.
 // Meant to be $BROWSER on the remote host.
@@ -23,8 +31,9 @@
 //
 // Exit codes: 0 every URL opened (--status: a desktop is connected), 64 usage,
 // 65 a URL was refused (by the desktop, or here: one argument is one URL),
-// 69 no server is connected on this host (or it went away), 70 internal
-// error, 75 timed out, 77 the socket is not the user's own, 128+N signal N.
+// 69 no server is connected on this host (or it went away; or the first lines
+// found no runtime here, and print each URL), 70 internal error, 75 timed
+// out, 77 the socket is not the user's own, 128+N signal N.
 
 import { lstatSync } from "node:fs";
 import { connect } from "node:net";
@@ -44,7 +53,7 @@ Options:
   --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
   --status            say whether a desktop is connected on this host, and since when
   -h, --help          show this help
-  --version           print the version and the runtime running this
+  --version           print the version, and the runtime running this and its path
   --                  end of options: what follows is a URL even if it starts with -
 
 Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
@@ -63,17 +72,19 @@ was sent), 128+N ended by signal N
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
 const VERSION = "0.3.0";
-// The runtime the first lines picked, and how it reads TypeScript: --version
-// says it (server.ts --install reports it from each host), so does the hello.
+// The runtime the first lines picked, how it reads TypeScript and where it
+// was found (PATH, a user's own install, the one --install provisioned):
+// --version says it (server.ts --install reports it from each host), so does the hello.
 function runtimeName(): string {
   const versions = process.versions as Record<string, string | undefined>;
-  if (versions.deno) return `deno/${versions.deno}`;
-  if (versions.bun) return `bun/${versions.bun}`;
+  const from = ` from ${process.execPath}`;
+  if (versions.deno) return `deno/${versions.deno}${from}`;
+  if (versions.bun) return `bun/${versions.bun}${from}`;
   const flags = process.execArgv.join(" ");
   const how = process.env.npm_lifecycle_event === "npx" ? " through npx tsx"
     : flags.includes("tsx") ? " with tsx"
     : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
-  return `node/${versions.node}${how}`;
+  return `node/${versions.node}${how}${from}`;
 }
 // Every way out runs the cleanups first, told the signal if that is the way:
 // a signal, a closed stdout or stderr, a crash.
@@ -97,6 +108,16 @@ function crash(error: unknown): never {
 }
 process.on("uncaughtException", crash);
 process.on("unhandledRejection", crash);
+// The first lines start every runtime but Deno in "/": Bun reads bunfig.toml
+// (preloads), .env and tsconfig.json (paths) from the directory it starts in,
+// npx runs its node_modules/.bin/tsx, and $BROWSER runs in whatever directory
+// a program stands in, a freshly cloned repository as often as not. Once
+// running, back there, so that relative paths mean what the user meant.
+const startedIn = (process.versions as Record<string, string | undefined>).deno ? undefined : process.env.URLSERVER_CWD;
+if (startedIn !== undefined) {
+  delete process.env.URLSERVER_CWD;
+  try { process.chdir(startedIn); } catch { /* gone or not enterable: relative paths start at "/" */ }
+}
 // END exit stanza
 
 async function main(argv: string[]): Promise<number> {

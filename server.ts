@@ -1,15 +1,21 @@
 #!/bin/sh
-":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
-":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-run --allow-read --allow-write --allow-env --allow-sys --allow-net "$s" "$@"
-":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
-":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
+":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s"); case $s in /*) ;; *) s=$PWD/$s; esac
+":" //; x() { for r; do case $r in /*) [ -f "$r" ] && [ -x "$r" ] && return;; */*) ;; ?*) command -v "$r" >/dev/null && return;; esac; done; false; }
+":" //; p=$HOME/.local/share/urlserver/runtime; [ -d "$p" ] && { m=; for r in /lib/ld-musl-*; do [ -e "$r" ] && m=-musl; done; p=$p/$(uname -s)-$(uname -m)$m/bin; }
+":" //; x deno "$HOME/.deno/bin/deno" "$HOME/.local/bin/deno" "$p/deno" && exec "$r" run --no-prompt --no-config --allow-run --allow-read --allow-write --allow-env --allow-sys --allow-net "$s" "$@"
+":" //; export URLSERVER_CWD="$PWD"; cd / || exit 70
+":" //; x bun "$HOME/.bun/bin/bun" "$HOME/.local/bin/bun" "$p/bun" && exec "$r" "$s" -- "$@"
+":" //; b=0; N=; for r in "${NVM_DIR:-$HOME/.nvm}"/versions/node/v*/bin/node; do v=${r%/bin/node}; v=${v##*/v}; M=${v%%.*}; v=${v#*.}; m=${v%.*}; v=${v#*.}
+":" //;   case $m in ?) m=00$m;; ??) m=0$m;; esac; case $v in ?) v=00$v;; ??) v=0$v;; esac; [ "$M$m$v" -gt $b ] 2>/dev/null && b=$M$m$v && N=$r; done
+":" //; w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"; n=
 ":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
-":" //; case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec node $w "$s" "$@";; esac
-":" //; case $v in v23.*|v22.[6-9].*|v22.1?.*) exec node $w --experimental-strip-types "$s" "$@";; esac
-":" //; [ "$v" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
-":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec node --import "${t%/*}/loader.mjs" "$s" "$@"; done
-":" //; command -v npx >/dev/null && exec npx --yes tsx "$s" "$@"
-":" //; echo "server.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
+":" //; for c in node "$HOME/.local/bin/node" "$N" "$HOME/.volta/bin/node" "$p/node"; do x "$c" && v=$("$r" --version 2>/dev/null) || continue; n=${n:-$r}
+":" //;   case $v in v2[4-9]*|v[3-9]?.*|v23.[6-9]*|v23.[1-9]?.*|v22.1[89]*|v22.[2-9]?.*) exec "$r" $w "$s" "$@";; esac
+":" //;   case $v in v23.*|v22.[6-9].*|v22.1?.*) exec "$r" $w --experimental-strip-types "$s" "$@";; esac; done
+":" //; [ "$n" ] && for t in "$(command -v tsx)" "$HOME/.local/bin/tsx" "$HOME"/.npm/_npx/*/node_modules/.bin/tsx; do
+":" //;   t=$(readlink -f "$t") && [ -f "${t%/*}/loader.mjs" ] && exec "$n" --import "${t%/*}/loader.mjs" "$s" "$@"; done
+":" //; [ "$n" ] && x "${n%/*}/npx" npx && case $n in /*) PATH=${n%/*}:$PATH; esac && exec "$r" --yes tsx "$s" "$@"
+":" //; echo "server.ts: no runtime found on PATH or in ~/.deno/bin, ~/.bun/bin, ~/.local/bin, ~/.nvm/versions/node, ~/.volta/bin, ~/.local/share/urlserver/runtime: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx" >&2; exit 69
 // server.ts: the desktop end of urlserver. It runs `ssh HOST` with client.ts
 // as the remote command and opens every URL the client forwards with this
 // desktop's opener, until the connection ends.
@@ -19,28 +25,34 @@
 //   node server.ts HOST                          Node 22.18+ (type stripping)
 //   deno run --allow-run --allow-read --allow-write --allow-env --allow-sys --allow-net server.ts HOST
 //   bun server.ts HOST
-//   ./server.ts --install HOST                   put client.ts, send.ts on HOST
+//   ./server.ts --install HOST                   put client.ts, send.ts on HOST,
+//                                                and a runtime where it has none
+//   ./server.ts --uninstall HOST                 take them away again
 //
 // Exit codes: 64 usage, 69 every host's client or connection went away (or
-// --install failed on a HOST), 70 internal error, 73 cannot write the --log
-// file, 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143 TERM,
-// 129 HUP, 141 stderr closed).
+// --install or --uninstall failed on a HOST), 70 internal error, 73 cannot
+// write the --log file, 76 protocol mismatch, 128+N ended by signal N (130
+// Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed).
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, statSync } from "node:fs";
+import { accessSync, appendFileSync, chmodSync, closeSync, constants, createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync,
+  readFileSync, readSync, readdirSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
 import { lookup } from "node:dns";
 import { connect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
-import { hostname, networkInterfaces, release, tmpdir } from "node:os";
+import { homedir, hostname, networkInterfaces, release, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { createGunzip } from "node:zlib";
 
 const PROGRAM = "server";
 const USAGE = `Usage: server.ts [options] HOST...
-       server.ts --install [--ssh PROGRAM] HOST...
+       server.ts --install [--runtime NAME | --runtime-file FILE] HOST...
+       server.ts --uninstall [--ssh PROGRAM] HOST...
 
 Run client.ts on each HOST over ssh and open here every URL sent there with
 send.ts. Runs until the last connection ends; Ctrl-C ends it. With --install,
@@ -80,39 +92,55 @@ Options:
   --install              instead of serving: put client.ts and send.ts from
                          beside this script in each HOST's home over ssh
                          (never over a file that is not theirs), then say
-                         which runtime send.ts starts with there, and how fast
+                         which runtime send.ts starts with there, and how fast;
+                         where it has none it can use, provision one in
+                         ~/.local/share/urlserver/runtime there (the release
+                         fetched and verified by npm, cached in
+                         ~/.cache/urlserver/runtimes here)
+  --runtime NAME         with --install: provision this runtime, bun (the
+                         default), node or deno, even where one is found
+  --runtime-file FILE    with --install: provision the runtime in FILE, a
+                         release as npm packs it (npm pack @oven/bun-linux-x64)
+                         or a .tar.gz with bin/NAME in it; for a desktop
+                         without registry access
+  --uninstall            instead of serving: remove from each HOST what
+                         --install put there (never a file that is not ours)
   -h, --help             show this help
-  --version              print the version and the runtime running this
+  --version              print the version, and the runtime running this and its path
 
 Environment: URLSERVER_SSH, URLSERVER_REMOTE_COMMAND, URLSERVER_BROWSER as
 above; the remote side uses URLSERVER_SOCKET and XDG_RUNTIME_DIR.
 
 Examples:
   npx tsx server.ts --install build1       set a host up (again after upgrades)
+  npx tsx server.ts --uninstall build1     and take it all away again
   npx tsx server.ts build1 build2          serve two hosts from one terminal
   npx tsx server.ts --reconnect laptop-vm  survive sleep and network changes
   npx tsx server.ts --allow-scheme mailto --log ~/urls.log mail.example.org
 
-Exit codes: 0 --help, --version, --install done; 64 usage; 69 every host's
-client or connection went away, or --install failed on a HOST; 70 internal
-error; 73 cannot write the --log file; 76 protocol mismatch (one HOST); 128+N
-ended by signal N (130 Ctrl-C, 131 Ctrl-\\, 143 TERM, 129 HUP, 141 stderr closed)
+Exit codes: 0 --help, --version, --install or --uninstall done; 64 usage; 69
+every host's client or connection went away, or --install or --uninstall
+failed on a HOST; 70 internal error; 73 cannot write the --log file; 76
+protocol mismatch (one HOST); 128+N ended by signal N (130 Ctrl-C, 131
+Ctrl-\\, 143 TERM, 129 HUP, 141 stderr closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
 const VERSION = "0.3.0";
-// The runtime the first lines picked, and how it reads TypeScript: --version
-// says it (server.ts --install reports it from each host), so does the hello.
+// The runtime the first lines picked, how it reads TypeScript and where it
+// was found (PATH, a user's own install, the one --install provisioned):
+// --version says it (server.ts --install reports it from each host), so does the hello.
 function runtimeName(): string {
   const versions = process.versions as Record<string, string | undefined>;
-  if (versions.deno) return `deno/${versions.deno}`;
-  if (versions.bun) return `bun/${versions.bun}`;
+  const from = ` from ${process.execPath}`;
+  if (versions.deno) return `deno/${versions.deno}${from}`;
+  if (versions.bun) return `bun/${versions.bun}${from}`;
   const flags = process.execArgv.join(" ");
   const how = process.env.npm_lifecycle_event === "npx" ? " through npx tsx"
     : flags.includes("tsx") ? " with tsx"
     : flags.includes("--experimental-strip-types") ? " with --experimental-strip-types" : "";
-  return `node/${versions.node}${how}`;
+  return `node/${versions.node}${how}${from}`;
 }
 // Every way out runs the cleanups first, told the signal if that is the way:
 // a signal, a closed stdout or stderr, a crash.
@@ -136,6 +164,16 @@ function crash(error: unknown): never {
 }
 process.on("uncaughtException", crash);
 process.on("unhandledRejection", crash);
+// The first lines start every runtime but Deno in "/": Bun reads bunfig.toml
+// (preloads), .env and tsconfig.json (paths) from the directory it starts in,
+// npx runs its node_modules/.bin/tsx, and $BROWSER runs in whatever directory
+// a program stands in, a freshly cloned repository as often as not. Once
+// running, back there, so that relative paths mean what the user meant.
+const startedIn = (process.versions as Record<string, string | undefined>).deno ? undefined : process.env.URLSERVER_CWD;
+if (startedIn !== undefined) {
+  delete process.env.URLSERVER_CWD;
+  try { process.chdir(startedIn); } catch { /* gone or not enterable: relative paths start at "/" */ }
+}
 // END exit stanza
 
 const PROTOCOL = "urlserver/1";
@@ -220,6 +258,10 @@ type Options = {
   auditLog?: string;
   local: boolean;
   install: boolean;
+  uninstall: boolean;
+  /** With --install: the runtime to provision, and the release file to take it from. */
+  runtime?: RuntimeName;
+  runtimeFile?: string;
   /** Why loopback URLs' ports are not forwarded, if they are not. */
   noForwardReason?: string;
   /** How long a forward is kept with no connection through it. */
@@ -246,6 +288,7 @@ async function main(argv: string[]): Promise<number> {
     return 64;
   }
   if (options.install) return installHosts(options);
+  if (options.uninstall) return uninstallHosts(options);
   if (options.auditLog) {
     try {
       appendFileSync(options.auditLog, "");
@@ -296,6 +339,9 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       log: { type: "string" },
       local: { type: "boolean", default: false },
       install: { type: "boolean", default: false },
+      uninstall: { type: "boolean", default: false },
+      runtime: { type: "string" },
+      "runtime-file": { type: "string" },
       "no-forward-loopback": { type: "boolean", default: false },
       "forward-idle": { type: "string", default: String(DEFAULT_FORWARD_IDLE_SECONDS) },
       help: { type: "boolean", short: "h" },
@@ -312,6 +358,9 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
   if (new Set(positionals).size !== positionals.length) throw new Error("a HOST is named twice");
   if (values.local && positionals.length > 1) throw new Error("--local serves one HOST: its clients would share one socket");
   if (values.local && values.install) throw new Error("--install works over ssh: --local has no remote home to install into");
+  if (values.local && values.uninstall) throw new Error("--uninstall works over ssh: --local has no remote home to uninstall from");
+  if (values.install && values.uninstall) throw new Error("--install and --uninstall together: choose one");
+  const { runtime, runtimeFile } = runtimeChoice(values.runtime, values["runtime-file"], values.install);
   const env = process.env;
   const browser = values.browser ?? env.URLSERVER_BROWSER;
   return {
@@ -328,9 +377,41 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     auditLog: values.log,
     local: values.local,
     install: values.install,
+    uninstall: values.uninstall,
+    runtime,
+    runtimeFile,
     noForwardReason: values["no-forward-loopback"] ? "--no-forward-loopback is set" : DESKTOP.noMultiplexing,
     forwardIdleSeconds: forwardIdleSeconds(values["forward-idle"]),
   };
+}
+
+// --runtime NAME and --runtime-file FILE, which go with --install; the
+// runtime a file holds is said by --runtime or else by the file's name.
+function runtimeChoice(name: string | undefined, file: string | undefined, install: boolean): { runtime?: RuntimeName; runtimeFile?: string } {
+  if (name === undefined && file === undefined) return {};
+  if (!install) throw new Error(`${name !== undefined ? "--runtime" : "--runtime-file"} goes with --install`);
+  if (name !== undefined && !RUNTIME_NAMES.includes(name as RuntimeName)) {
+    throw new Error(`--runtime needs one of ${RUNTIME_NAMES.join(", ")}, not "${name}"`);
+  }
+  if (file === undefined) return { runtime: name as RuntimeName };
+  const head = Buffer.alloc(2);
+  try {
+    if (!statSync(file).isFile()) throw new Error("not a regular file");
+    const fd = openSync(file, "r");
+    try {
+      readSync(fd, head, 0, 2, 0);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (error) {
+    throw new Error(`--runtime-file: cannot read "${file}": ${(error as Error).message}`);
+  }
+  const named = RUNTIME_NAMES.filter((runtime) => new RegExp(`(^|[^a-z])${runtime}([^a-z]|$)`).test(file.split(/[\\/]/).pop()!));
+  const runtime = (name as RuntimeName | undefined) ?? (named.length === 1 ? named[0] : undefined);
+  if (!runtime) throw new Error(`--runtime-file: which runtime "${file}" holds is not in its name: say it with --runtime NAME`);
+  // What the host's tar unpacks: gzip's magic number, as a .tgz or .tar.gz starts.
+  if (head[0] !== 0x1f || head[1] !== 0x8b) throw new Error(`--runtime-file: "${file}" is not a .tgz or .tar.gz`);
+  return { runtime, runtimeFile: file };
 }
 
 function positiveNumber(option: string, text: string, zeroAllowed: boolean): number {
@@ -411,9 +492,19 @@ function findNotifier(): string[] | undefined {
     : [program, "--app-name=urlserver"];
 }
 
-// --install: one ssh run per host, whose shell reads installScript() on its
-// stdin (one connection: one password prompt at most), one host at a time so
-// that prompts do not interleave.
+// ============================================================================
+// Installing: --install and --uninstall
+//
+// One ssh run per host, whose shell reads a script on its stdin (one
+// connection: one password prompt at most), one host at a time so that
+// prompts do not interleave. --install places client.ts and send.ts in the
+// login directory, asks send.ts which runtime it starts with there and, on a
+// host with none it can use, provisions one: the release for the host's OS,
+// CPU and C library, fetched and verified by npm on the desktop, kept in a
+// desktop cache, streamed over the same connection and unpacked by the host's
+// own tar. --uninstall removes what --install placed, and nothing else.
+// ============================================================================
+
 async function installHosts(options: Options): Promise<number> {
   let script: string;
   try {
@@ -424,26 +515,52 @@ async function installHosts(options: Options): Promise<number> {
   }
   let failed = false;
   for (const host of options.hosts) {
-    const problems = await installOn(host, options.ssh, script);
-    for (const problem of problems) process.stderr.write(`${PROGRAM}: cannot install on "${host}": ${problem}\n`);
+    const problems = await installOn(host, options, script);
+    // Problems may quote what the host said: shown only through printable().
+    for (const problem of problems) process.stderr.write(`${PROGRAM}: cannot install on "${host}": ${printable(problem)}\n`);
     failed ||= problems.length > 0;
   }
   return failed ? 69 : 0;
 }
 
-// Lines it prints start with INSTALL_TAG; anything else (a shell start-up
-// file that talks) is not ours. Files go where ssh starts the shell, which is
-// where the default remote command finds client.ts. A file there that is not
-// a urlserver script (by its header line), a symbolic link or not a regular
-// file stops the install on that host before anything is written. Each file
-// is written to a temporary name, made executable, then renamed over the old
-// one. Then send.ts --version runs through its own first lines, once to warm
-// caches (npx's download, Node's compile cache), once timed with the remote
-// clock where `date` has %N. The whole script is one { } group, which the
-// shell reads to its end before running any of it: a connection cut short
-// leaves a syntax error, never a half-written file installed.
+// Lines the scripts print start with INSTALL_TAG; anything else (a shell
+// start-up file that talks) is not ours. Files go where ssh starts the shell,
+// which is where the default remote command finds client.ts. A file there
+// that is not a urlserver script (by its header line), a symbolic link or not
+// a regular file stops the install on that host before anything is written.
+// Each file is written to a temporary name made by mktemp (never one another
+// user could have planted a link at), made executable, then renamed over the
+// old one. Then send.ts --version runs through its own first lines, once to
+// warm caches (npx's download, Node's compile cache), once timed with the
+// remote clock where `date` has %N. The whole script is one { } group, which
+// the shell reads to its end before running any of it: a connection cut
+// short leaves a syntax error, never a half-written file installed. Only
+// once it runs does the desktop answer its "want" line, so nothing of the
+// answer (a line, then the release) can be in the shell's own read buffer.
 const INSTALL_TAG = "urlserver-install ";
 const MAX_INSTALL_LINES = 100;
+// Each step of the exchange (the login, each step of the script, the runtime
+// starting, the transfer moving on) is given as long as a connection's hello;
+// the steps are few, so the whole exchange is bounded too, and a host that
+// stalls is given up, its line said, and the next host tried. The desktop's
+// own download is not the host's step, and is bounded by npm.
+const INSTALL_STEP_SECONDS = HELLO_TIMEOUT_SECONDS;
+
+// Where --install provisions a runtime on a host, per platform so that a home
+// shared by hosts of different kinds works for each: the first lines look for
+// bin/bun, bin/node or bin/deno there. MARKER says the directory is ours.
+const REMOTE_RUNTIMES = "$HOME/.local/share/urlserver/runtime";
+const RUNTIME_MARKER = ".urlserver-runtime";
+
+export type RuntimeName = "bun" | "node" | "deno";
+const RUNTIME_NAMES: RuntimeName[] = ["bun", "node", "deno"];
+// The releases --install provisions, pinned: the ones the suite and the bench ran on.
+export const RUNTIME_RELEASES: Record<RuntimeName, string> = { bun: "1.4.5", node: "24.22.3", deno: "2.9.6" };
+// Chosen by measurement (test/bench-provision.ts; README, Provisioning a
+// runtime): the fastest start of send.ts, the smallest idle client, and the
+// only one with a release for every kind of host (musl, x86-64 without AVX2,
+// macOS).
+export const DEFAULT_RUNTIME: RuntimeName = "bun";
 
 function installScript(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -471,95 +588,555 @@ for f in client.ts send.ts; do
   fi
 done
 [ -z "$refused" ] || exit 1
+tmp=
+incoming=
+trap 'rm -f "$tmp"; [ -z "$incoming" ] || rm -rf "$incoming"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
 put() {
-  tmp=".$1.urlserver-install.$$"
-  if ! { cat > "$tmp" && chmod 755 "$tmp"; }; then rm -f "$tmp"; say failed cannot write "$PWD/$tmp"; exit 1; fi
+  tmp=
+  tmp=$(mktemp ".$1.urlserver-install.XXXXXX") || { say failed cannot create a temporary file in "$PWD"; exit 1; }
+  if ! { cat > "$tmp" && chmod 755 "$tmp"; }; then say failed cannot write "$PWD/$tmp"; exit 1; fi
   if [ ! -e "$1" ]; then how=installed; elif cmp -s "$tmp" "$1"; then how=unchanged; else how=updated; fi
-  mv -f "$tmp" "$1" || { rm -f "$tmp"; say failed cannot rename "$PWD/$tmp" to "$1"; exit 1; }
+  mv -f "$tmp" "$1" || { say failed cannot rename "$PWD/$tmp" to "$1"; exit 1; }
   say placed "$1" "$how"
 }
-${files.join("")}"$PWD/send.ts" --version </dev/null >/dev/null 2>&1
-say starting
-t0=$(date +%s%N 2>/dev/null)
-said=$("$PWD/send.ts" --version </dev/null 2>&1)
-status=$?
-t1=$(date +%s%N 2>/dev/null)
-say ran "$status" "$t0" "$t1"
-printf '%s\\n' "$said" | sed 's/^/${INSTALL_TAG}said /'
+probe() {
+  "$PWD/send.ts" --version </dev/null >/dev/null 2>&1
+  say starting
+  t0=$(date +%s%N 2>/dev/null)
+  said=$("$PWD/send.ts" --version </dev/null 2>&1)
+  status=$?
+  t1=$(date +%s%N 2>/dev/null)
+  say ran "$status" "$t0" "$t1"
+  printf '%s\\n' "$said" | sed 's/^/${INSTALL_TAG}said /'
 }
+${files.join("")}probe
+${PROVISION_SCRIPT}}
 `;
 }
 
+// The runtime part of the install script. It says the host's platform (the
+// directory the first lines look in: uname -s, uname -m, -musl where musl's
+// loader is; and what picks the build: for x86-64 whether the CPU has AVX2)
+// and what is in that directory now, then waits for the desktop's answer:
+// "none", or "send NAME FORM MARKER" followed by the release (gzip'd or not),
+// which tar unpacks into a directory made by mktemp beside the final one;
+// the runtime's binary alone is moved into bin/ there with the marker, and
+// the whole renamed into place. An interruption leaves the old runtime or
+// none, never half of one; a directory there that lacks the marker is left
+// alone. Leftovers of an install killed outright are swept after an hour.
+const PROVISION_SCRIPT = `musl= libc=glibc cpu=any
+for f in /lib/ld-musl-*; do [ -e "$f" ] && musl=-musl libc=musl; done
+case $(uname -m) in x86_64|amd64)
+  if [ -r /proc/cpuinfo ]; then flags=$(grep -m 1 '^flags' /proc/cpuinfo); else flags=$(sysctl -n machdep.cpu.leaf7_features 2>/dev/null); fi
+  case " $flags " in *[\\ \\	][Aa][Vv][Xx]2[\\ \\	]*) cpu=avx2;; *) cpu=baseline;; esac;;
+esac
+command -v gzip >/dev/null 2>&1 && gz=gzip || gz=no-gzip
+platform="$(uname -s)-$(uname -m)$musl"
+runtimes="${REMOTE_RUNTIMES}"
+target="$runtimes/$platform"
+if [ -L "$target" ] || { [ -e "$target" ] && [ ! -d "$target" ]; }; then state=foreign
+elif [ ! -d "$target" ]; then state=none
+elif [ -f "$target/${RUNTIME_MARKER}" ] && [ ! -L "$target/${RUNTIME_MARKER}" ]; then state="ours $(head -n 1 "$target/${RUNTIME_MARKER}")"
+else state=foreign
+fi
+say platform "$(uname -s)" "$(uname -m)" "$libc" "$cpu" "$gz" "$platform"
+say runtime-dir "$target"
+say runtime-state "$state"
+say want
+read -r verb name form marker || exit 0
+[ "$verb" = send ] || exit 0
+[ "$state" != foreign ] || { say failed "$target" is not a runtime urlserver provisioned: left alone; exit 1; }
+for d in "$HOME/.local/share/urlserver" "$runtimes"; do
+  [ ! -L "$d" ] || { say failed "$d" is a symbolic link: left alone; exit 1; }
+done
+mkdir -p "$runtimes" || { say failed cannot create "$runtimes"; exit 1; }
+find "$runtimes" -maxdepth 1 -name '.incoming.*' -mmin +60 -exec rm -rf {} + 2>/dev/null
+incoming=$(mktemp -d "$runtimes/.incoming.XXXXXX") || { say failed cannot create a temporary directory in "$runtimes"; exit 1; }
+z=; [ "$form" = tgz ] && z=z
+(cd "$incoming" && tar -x\${z}f -) || { say failed cannot unpack the release with tar in "$incoming"; exit 1; }
+bin=
+for f in "$incoming"/*/bin/"$name" "$incoming"/*/"$name" "$incoming"/bin/"$name" "$incoming/$name"; do
+  if [ -f "$f" ] && [ ! -L "$f" ]; then bin=$f; break; fi
+done
+[ -n "$bin" ] || { say failed the release holds no "$name" program; exit 1; }
+mkdir "$incoming/.runtime" "$incoming/.runtime/bin" && mv "$bin" "$incoming/.runtime/bin/$name" &&
+  chmod 755 "$incoming/.runtime/bin/$name" && printf '%s\\n' "$marker" > "$incoming/.runtime/${RUNTIME_MARKER}" ||
+  { say failed cannot arrange the runtime in "$incoming"; exit 1; }
+if [ -d "$target" ]; then mv "$target" "$incoming/.old" || { say failed cannot move the old runtime "$target" aside; exit 1; }; fi
+mv "$incoming/.runtime" "$target" || { say failed cannot rename "$incoming/.runtime" to "$target"; exit 1; }
+say unpacked "$target"
+probe
+`;
+
 // Runs the script on host; prints what was done, returns what went wrong.
-function installOn(host: string, ssh: string, script: string): Promise<string[]> {
-  return new Promise((resolve) => {
-    const child = spawn(ssh, ["-T", "--", host, "sh -s"], { stdio: ["pipe", "pipe", "pipe"] });
-    const stop = () => child.kill("SIGTERM");
-    cleanups.push(stop);
-    const lines: string[] = [];
-    // For a `date` without %N: the arrival of "starting" and "ran" here.
-    let startedAt = 0;
-    let ranAt = 0;
-    let stderr = "";
-    // What the remote host says is read bounded, as on any connection.
-    readLines(child.stdout, MAX_REMOTE_LINE_BYTES, (bytes) => {
-      const line = bytes.toString().replace(/\r$/, "");
-      if (!line.startsWith(INSTALL_TAG) || lines.length >= MAX_INSTALL_LINES) return;
-      const fields = line.slice(INSTALL_TAG.length);
-      if (fields === "starting") startedAt = performance.now();
-      if (fields.startsWith("ran ")) ranAt = performance.now();
-      lines.push(printable(fields));
-    });
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (chunk: string) => { stderr = (stderr + chunk).slice(-4096); });
-    // An ssh that fails to connect stops reading: its exit status says why.
-    child.stdin.on("error", () => {});
-    child.stdin.end(script);
+async function installOn(host: string, options: Options, script: string): Promise<string[]> {
+  let provisioning: Promise<Provision> | undefined;
+  const session = remoteShell(host, options, (fields, lines) => {
+    if (fields === "want" && !provisioning) provisioning = answerWant(host, options, lines, session);
+  });
+  session.stdin.write(script);
+  const ended = await session.ended;
+  const provision = await provisioning;
+  if (ended.failure) return [ended.failure];
+  return installReport(host, session.lines, ended.code, ended.lastError, session.arrivalMs(), provision);
+}
+
+type RemoteShell = {
+  stdin: NodeJS.WritableStream;
+  lines: string[];
+  watchdog: ReturnType<typeof installWatchdog>;
+  /** For a `date` without %N: the time between the "starting" and "ran" lines arriving here. */
+  arrivalMs: () => number;
+  ended: Promise<{ code: number | null; lastError: string; failure?: string }>;
+};
+
+// `sh -s` on host over ssh, bounded as serving is and by the watchdog. What
+// the host says is read bounded, as on any connection: the tagged lines, at
+// most MAX_INSTALL_LINES, are kept as they came (shown only through printable()).
+function remoteShell(host: string, options: Options, onLine: (fields: string, lines: string[]) => void): RemoteShell {
+  const child = spawn(options.ssh, [...sshOptions(options), "--", host, "sh -s"], { stdio: ["pipe", "pipe", "pipe"] });
+  const stop = () => child.kill("SIGTERM");
+  cleanups.push(stop);
+  let silence = "";
+  const watchdog = installWatchdog(() => {
+    silence = `no answer within ${INSTALL_STEP_SECONDS} s`;
+    stop();
+  });
+  const lines: string[] = [];
+  let startedAt = 0;
+  let ranAt = 0;
+  readLines(child.stdout, MAX_REMOTE_LINE_BYTES, (bytes) => {
+    const line = bytes.toString().replace(/\r$/, "");
+    if (!line.startsWith(INSTALL_TAG) || lines.length >= MAX_INSTALL_LINES) return;
+    const fields = line.slice(INSTALL_TAG.length);
+    watchdog.reset();
+    if (fields === "starting") startedAt = performance.now();
+    if (fields.startsWith("ran ")) ranAt = performance.now();
+    lines.push(fields);
+    onLine(fields, lines);
+  });
+  let stderr = "";
+  child.stderr.setEncoding("utf8");
+  child.stderr.on("data", (chunk: string) => { stderr = (stderr + chunk).slice(-4096); });
+  // An ssh that fails to connect stops reading: its exit status says why.
+  child.stdin.on("error", () => {});
+  const ended = new Promise<{ code: number | null; lastError: string; failure?: string }>((resolve) => {
+    const done = () => {
+      watchdog.stop();
+      if (cleanups.includes(stop)) cleanups.splice(cleanups.indexOf(stop), 1);
+    };
     child.on("error", (error) => {
-      cleanups.splice(cleanups.indexOf(stop), 1);
-      resolve([`cannot run "${ssh}": ${error.message}`]);
+      done();
+      resolve({ code: null, lastError: "", failure: `cannot run "${options.ssh}": ${error.message}` });
     });
     child.on("close", (code) => {
-      cleanups.splice(cleanups.indexOf(stop), 1);
+      done();
       const lastError = printable(stderr.trim().split("\n").pop() ?? "");
-      resolve(installReport(host, lines, code, lastError, ranAt - startedAt));
+      resolve({ code, lastError, failure: silence ? `${silence}${lastError ? `: ${lastError}` : ""}` : undefined });
+    });
+  });
+  return { stdin: child.stdin, lines, watchdog, arrivalMs: () => ranAt - startedAt, ended };
+}
+
+// The same bounds as serving: ssh's ConnectTimeout and keepalive.
+function sshOptions(options: Options): string[] {
+  const alive = Math.max(1, Math.ceil(options.keepaliveSeconds));
+  return ["-T", "-o", `ServerAliveInterval=${alive}`, "-o", "ServerAliveCountMax=3", "-o", `ConnectTimeout=${CONNECT_TIMEOUT_SECONDS}`];
+}
+
+// Fires once the host has said nothing new for INSTALL_STEP_SECONDS; reset at
+// each line of the script's and as the transfer moves on, paused while the
+// desktop itself is busy.
+function installWatchdog(onSilence: () => void) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const watchdog = {
+    reset: () => {
+      clearTimeout(timer);
+      timer = setTimeout(onSilence, INSTALL_STEP_SECONDS * 1000);
+    },
+    stop: () => clearTimeout(timer),
+  };
+  watchdog.reset();
+  return watchdog;
+}
+
+function lastField(lines: string[], key: string): string | undefined {
+  return lines.findLast((line) => line.startsWith(`${key} `))?.slice(key.length + 1);
+}
+
+// ---------------------------------------------------------------------------
+// Provisioning a runtime
+// ---------------------------------------------------------------------------
+
+/** What the host reported of itself, for picking a release. */
+export type HostPlatform = { system: string; machine: string; libc: string; cpu: string; gzip: boolean; name: string };
+
+/** What provisioning did, for the report: a line to show, or why there is no runtime. */
+type Provision = { note?: string; problem?: string };
+
+/** A release file on the desktop to send, with what npm downloads it as; and how it is named to the user and on the host. */
+type Release = { runtime: RuntimeName; file: string; spec?: string; label: string; marker: string; source: string };
+
+// Answers the script's "want": "none", or "send ..." and the release. Never
+// throws: what went wrong is the report's.
+async function answerWant(host: string, options: Options, lines: string[], session: RemoteShell): Promise<Provision> {
+  const finish = (provision: Provision) => {
+    session.stdin.end("none\n");
+    return provision;
+  };
+  const works = lastField(lines, "ran")?.split(" ")[0] === "0";
+  if (works && !options.runtime && !options.runtimeFile) return finish({});
+  const platform = hostPlatform(lastField(lines, "platform"));
+  if (!platform) return finish({ problem: "the host did not say its platform" });
+  let release: Release;
+  try {
+    release = pickRelease(options, platform);
+  } catch (error) {
+    return finish({ problem: (error as Error).message });
+  }
+  const state = lastField(lines, "runtime-state");
+  if (works && state === `ours ${release.marker}`) return finish({ note: `${release.label} was there already` });
+  const where = lastField(lines, "runtime-dir") ?? REMOTE_RUNTIMES;
+  if (state === "foreign") return finish({ problem: `${quoted(where)} is not a runtime urlserver provisioned: left alone` });
+  if (release.spec && !existsSync(release.file)) {
+    // The desktop's own step: the host waits, and its silence is not held against it.
+    session.watchdog.stop();
+    try {
+      await downloadRelease(release.spec, release.file);
+      release.source = "downloaded, verified by npm";
+    } catch (error) {
+      return finish({ problem: (error as Error).message });
+    } finally {
+      session.watchdog.reset();
+    }
+  }
+  session.stdin.write(`send ${release.runtime} ${platform.gzip ? "tgz" : "tar"} ${release.marker}\n`);
+  try {
+    const size = await sendRelease(host, release, session, !platform.gzip);
+    return { note: `provisioned ${release.label} in ${quoted(where)} (${megabytes(size)} MB, ${release.source})` };
+  } catch (error) {
+    return { problem: `the transfer of ${release.label} broke off: ${(error as Error).message}` };
+  }
+}
+
+export function hostPlatform(text: string | undefined): HostPlatform | undefined {
+  const [system, machine, libc, cpu, gzip, name, ...rest] = text?.split(" ") ?? [];
+  if (!name || rest.length > 0) return undefined;
+  return { system, machine, libc, cpu, gzip: gzip === "gzip", name };
+}
+
+/** The npm package with a runtime's release for that platform, if there is one. */
+export function runtimePackage(runtime: RuntimeName, host: HostPlatform): string | undefined {
+  const os = ({ Linux: "linux", Darwin: "darwin" } as Record<string, string | undefined>)[host.system];
+  const arch = ({ x86_64: "x64", amd64: "x64", aarch64: "arm64", arm64: "arm64" } as Record<string, string | undefined>)[host.machine];
+  if (!os || !arch) return undefined;
+  const musl = host.libc === "musl";
+  if (runtime === "bun") {
+    const baseline = arch === "x64" && host.cpu !== "avx2";
+    return `@oven/bun-${os}-${arch === "arm64" ? "aarch64" : "x64"}${musl ? "-musl" : ""}${baseline ? "-baseline" : ""}`;
+  }
+  // Neither publishes a musl build on npm; Node's packages there stop at Linux.
+  if (musl) return undefined;
+  if (runtime === "node") return os === "linux" ? `node-linux-${arch}` : undefined;
+  return `@deno/${os}-${arch}${os === "linux" ? "-glibc" : ""}`;
+}
+
+// The release to send: --runtime-file as it is, or the pinned release of the
+// chosen runtime, from the desktop's cache (spec: what npm downloads when it
+// is not there yet).
+function pickRelease(options: Options, platform: HostPlatform): Release {
+  const runtime = options.runtime ?? DEFAULT_RUNTIME;
+  if (options.runtimeFile) {
+    const name = options.runtimeFile.split(/[\\/]/).pop()!;
+    return { runtime, file: options.runtimeFile, label: `${runtime} from ${quoted(name)}`,
+      marker: `${runtime} file ${name.replace(/\s/g, "_")}`, source: "from --runtime-file" };
+  }
+  const version = RUNTIME_RELEASES[runtime];
+  const name = runtimePackage(runtime, platform);
+  if (!name) {
+    const others = RUNTIME_NAMES.filter((other) => runtimePackage(other, platform));
+    throw new Error(`${runtime} has no release for ${platform.name} on npm` +
+      (others.length ? `: --runtime ${others.join(" or ")} has` : ": --runtime-file FILE takes one of your own"));
+  }
+  const file = join(runtimeCache(), `${name.replace(/^@/, "").replace("/", "-")}-${version}.tgz`);
+  return { runtime, file, spec: `${name}@${version}`, label: `${runtime} ${version}`, marker: `${runtime} ${name}@${version}`, source: "from the cache" };
+}
+
+// The desktop's cache of releases: private to this user, as a download in
+// progress there is what will run on the user's hosts.
+function runtimeCache(): string {
+  const base = process.env.XDG_CACHE_HOME || join(homedir(), ".cache");
+  const dir = join(base, "urlserver", "runtimes");
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const stat = lstatSync(dir);
+  if (!stat.isDirectory() || (process.getuid && stat.uid !== process.getuid())) {
+    throw new Error(`the runtime cache ${quoted(dir)} is not a directory of this user's`);
+  }
+  if ((stat.mode & 0o077) !== 0) chmodSync(dir, 0o700);
+  return dir;
+}
+
+// npm fetches the release and checks it against the registry's integrity
+// hash, with the user's registry, proxy and certificate settings; into a
+// directory of its own (its own npm cache too, whose growth is the progress),
+// run from there so that no project's .npmrc applies; renamed into the cache
+// once whole.
+async function downloadRelease(spec: string, file: string): Promise<void> {
+  const work = mkdtempSync(join(dirname(file), ".download-"));
+  const remove = () => rmSync(work, { recursive: true, force: true });
+  cleanups.push(remove);
+  try {
+    const filename = await npmPack(spec, work);
+    renameSync(join(work, filename), file);
+  } finally {
+    cleanups.splice(cleanups.indexOf(remove), 1);
+    remove();
+  }
+}
+
+function npmPack(spec: string, work: string): Promise<string> {
+  const args = ["pack", spec, "--pack-destination", work, "--cache", join(work, "npm"), "--json", "--no-update-notifier"];
+  const windows = process.platform === "win32";
+  const child = spawn("npm", windows ? args.map((arg) => `"${arg}"`) : args, { cwd: work, shell: windows, stdio: ["ignore", "pipe", "pipe"] });
+  const stop = () => child.kill("SIGTERM");
+  cleanups.push(stop);
+  const progress = progressLine(`${PROGRAM}: downloading ${spec}`, `${PROGRAM}: downloaded ${spec}`);
+  const downloads = join(work, "npm", "_cacache", "tmp");
+  const poll = setInterval(() => progress.update(directoryBytes(downloads)), 250);
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (chunk: string) => { stdout += chunk; });
+  child.stderr.setEncoding("utf8").on("data", (chunk: string) => { stderr = (stderr + chunk).slice(-4096); });
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      clearInterval(poll);
+      cleanups.splice(cleanups.indexOf(stop), 1);
+    };
+    child.on("error", (error) => {
+      done();
+      progress.abandon();
+      reject(new Error(`cannot run npm, which downloads ${spec}: ${error.message} (--runtime-file FILE takes a release you have)`));
+    });
+    child.on("close", (code) => {
+      done();
+      let answer: { filename?: string; size?: number; error?: { code?: string; summary?: string } } | undefined;
+      try {
+        const parsed = JSON.parse(stdout);
+        answer = Array.isArray(parsed) ? parsed[0] : parsed;
+      } catch { /* said on stderr */ }
+      if (code === 0 && answer?.filename) {
+        progress.done(answer.size ?? 0);
+        resolve(answer.filename);
+        return;
+      }
+      progress.abandon();
+      const why = answer?.error ? `${answer.error.code ?? "error"}: ${answer.error.summary ?? ""}` : stderr.trim().split("\n").pop() ?? "";
+      reject(new Error(`cannot download ${spec} with npm (exit ${code ?? "on a signal"}): ${printable(why.split("\n")[0]).slice(0, 400)}`));
     });
   });
 }
 
-function installReport(host: string, lines: string[], code: number | null, lastError: string, arrivalMs: number): string[] {
+function directoryBytes(dir: string): number {
+  try {
+    return readdirSync(dir).reduce((sum, name) => sum + statSync(join(dir, name)).size, 0);
+  } catch {
+    return 0;
+  }
+}
+
+// Streams the release into the script's tar; resolves to the bytes sent.
+async function sendRelease(host: string, release: Release, session: RemoteShell, gunzip: boolean): Promise<number> {
+  const total = statSync(release.file).size;
+  const progress = progressLine(`${host}: sending ${release.label}`, `${host}: sent ${release.label}`, total);
+  let sent = 0;
+  const source = createReadStream(release.file);
+  source.on("data", (chunk) => {
+    sent += chunk.length;
+    progress.update(sent);
+    session.watchdog.reset();
+  });
+  try {
+    // A host without gzip gets the tar itself, unpacked here.
+    if (gunzip) await pipeline(source, createGunzip(), session.stdin);
+    else await pipeline(source, session.stdin);
+  } catch (error) {
+    progress.abandon();
+    throw new Error(`${megabytes(sent)} of ${megabytes(total)} MB sent: ${(error as Error).message}`);
+  }
+  progress.done(sent);
+  return sent;
+}
+
+// Bytes, total when known, and rate: on a terminal one line on stderr updated
+// in place; otherwise one line at the end.
+function progressLine(doing: string, did: string, total?: number) {
+  const started = performance.now();
+  const terminal = Boolean(process.stderr.isTTY);
+  let shownAt = 0;
+  let shown = false;
+  const rate = (bytes: number) => `${megabytes(bytes / Math.max(0.001, (performance.now() - started) / 1000))} MB/s`;
+  return {
+    update: (bytes: number) => {
+      if (!terminal || performance.now() - shownAt < 200) return;
+      shownAt = performance.now();
+      shown = true;
+      process.stderr.write(`\r${doing}: ${megabytes(bytes)}${total ? ` of ${megabytes(total)}` : ""} MB, ${rate(bytes)}\x1b[K`);
+    },
+    done: (bytes: number) => {
+      const seconds = ((performance.now() - started) / 1000).toFixed(1);
+      process.stderr.write(`${terminal ? "\r" : ""}${did}: ${megabytes(bytes)} MB in ${seconds} s, ${rate(bytes)}${terminal ? "\x1b[K" : ""}\n`);
+    },
+    abandon: () => {
+      if (shown) process.stderr.write("\n");
+    },
+  };
+}
+
+function megabytes(bytes: number): string {
+  return (bytes / 1e6).toFixed(1);
+}
+
+// ---------------------------------------------------------------------------
+// The report
+// ---------------------------------------------------------------------------
+
+function installReport(host: string, lines: string[], code: number | null, lastError: string, arrivalMs: number,
+  provision: Provision = {}): string[] {
   const field = (key: string) => lines.find((line) => line.startsWith(`${key} `))?.slice(key.length + 1);
   const dir = field("dir") ?? "~";
   const foreign = lines.filter((line) => line.startsWith("foreign "));
   if (foreign.length > 0) {
     return foreign.map((line) => {
       const [, name, ...why] = line.split(" ");
-      return `"${dir}/${name}" ${why.join(" ")}: left alone, nothing installed there`;
+      return printable(`"${dir}/${name}" ${why.join(" ")}: left alone, nothing installed there`);
     });
   }
-  const failure = field("failed");
-  if (failure) return [`${failure}${lastError ? `: ${lastError}` : ""}`];
-  const placed = lines.filter((line) => line.startsWith("placed ")).map((line) => line.slice(7));
+  const failure = lastField(lines, "failed");
+  if (failure) return [`${printable(failure)}${lastError ? `: ${lastError}` : ""}`];
+  const placed = lines.filter((line) => line.startsWith("placed ")).map((line) => printable(line.slice(7)));
   if (placed.length < 2) {
     const why = code === 255 ? "ssh exited 255" : `the remote shell exited ${code ?? "on a signal"}`;
     return [`${why}${lastError ? `: ${lastError}` : ""}`];
   }
-  const ran = field("ran")?.split(" ") ?? [];
-  const said = lines.filter((line) => line.startsWith("said ")).map((line) => line.slice(5)).filter(Boolean);
+  const ran = lastField(lines, "ran")?.split(" ") ?? [];
+  // What send.ts said the last time it ran.
+  const said = lines.slice(Math.max(0, lines.lastIndexOf("starting"))).filter((line) => line.startsWith("said "))
+    .map((line) => printable(line.slice(5))).filter(Boolean);
   if (ran[0] !== "0") {
-    return [`client.ts and send.ts are in "${dir}", but send.ts does not start there (exit ${ran[0] ?? "unknown"}): ${said.at(-1) ?? (lastError || "no message")}`];
+    const runtime = provision.problem ? `; no runtime provisioned: ${provision.problem}`
+      : provision.note ? `; not with the runtime ${provision.note} either` : "";
+    return [printable(`client.ts and send.ts are in "${dir}", but send.ts does not start there (exit ${ran[0] ?? "unknown"}): `) +
+      (said.at(-1) ?? (lastError || "no message")) + runtime];
   }
   const [start, end] = ran.slice(1);
   const ms = /^\d+$/.test(start ?? "") && /^\d+$/.test(end ?? "") ? Number(BigInt(end) - BigInt(start)) / 1e6 : arrivalMs;
   const runtime = / on (.*)$/.exec(said.at(-1) ?? "")?.[1] ?? "an unknown runtime";
-  const hint = runtime.includes("npx") ? "; it starts faster with tsx installed there: npm install -g --prefix ~/.local tsx" : "";
-  const browser = dir === field("home") ? "$HOME/send.ts" : `${dir}/send.ts`;
+  const hint = runtime.includes("npx") ? "; it starts faster with a runtime of its own: server.ts --install --runtime bun HOST" : "";
   process.stdout.write([
-    `${host}: ${placed.join(", ")}, in "${dir}"`,
+    `${host}: ${placed.join(", ")}, in ${quoted(dir)}`,
+    ...(provision.note ? [`${host}: ${provision.note}`] : []),
     `${host}: send.ts starts in ${Math.round(ms)} ms on ${runtime}${hint}`,
-    `${host}: add to the shell's start-up file there: export BROWSER="${browser}"`,
+    ...browserAdvice(dir, field("home")).map((line) => `${host}: ${line}`),
   ].map((line) => `${line}\n`).join(""));
-  return [];
+  // Asked for by name, a runtime that could not be provisioned is a failure, if a runtime already there is not.
+  return provision.problem ? [`no runtime provisioned: ${provision.problem}`] : [];
+}
+
+// The BROWSER line to paste there. The login directory is the remote's word:
+// quoted for the shell whatever it holds, or not offered at all if it cannot
+// be shown on one line as it is.
+function browserAdvice(dir: string, home: string | undefined): string[] {
+  if (dir !== printable(dir)) {
+    return [`the login directory there, ${quoted(dir)}, has control characters: set BROWSER to its send.ts by hand`];
+  }
+  const value = dir === home ? '"$HOME/send.ts"' : shellQuoted(`${dir}/send.ts`);
+  return [
+    `for the programs there, set BROWSER in a start-up file of the shell there: export BROWSER=${value}`,
+    "in ~/.profile it reaches login shells; in ~/.bashrc, interactive shells, and `ssh HOST COMMAND` only above its interactive guard (case $- in ...)",
+  ];
+}
+
+// One word for a POSIX shell, whatever the text: single quotes, each ' in it written '\''.
+function shellQuoted(text: string): string {
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replaceAll("'", "'\\''")}'`;
+}
+
+// ---------------------------------------------------------------------------
+// --uninstall
+// ---------------------------------------------------------------------------
+
+// Removes what --install put there, known as ours the same way: the scripts
+// by their header line, a runtime directory by its marker, our temporaries by
+// their names, and the compile cache the first lines keep under our name. A
+// symbolic link, or a file at those names that is not ours, is left alone.
+const UNINSTALL_SCRIPT = `{
+say() { printf '${INSTALL_TAG}%s\\n' "$*"; }
+say dir "$PWD"
+for f in client.ts send.ts; do
+  if [ -L "$f" ]; then say kept a-symbolic-link "$PWD/$f"
+  elif [ -f "$f" ] && grep -q "^// $f: .*urlserver" "$f"; then
+    if rm -f "$f"; then say removed "$PWD/$f"; else say failed cannot remove "$PWD/$f"; fi
+  elif [ -e "$f" ]; then say kept not-a-urlserver-script "$PWD/$f"
+  fi
+done
+for f in .client.ts.urlserver-install.?????? .send.ts.urlserver-install.??????; do
+  if [ -f "$f" ] && [ ! -L "$f" ]; then rm -f "$f" && say removed "$PWD/$f"; fi
+done
+share="$HOME/.local/share/urlserver"
+runtimes="${REMOTE_RUNTIMES}"
+if [ -L "$share" ] || [ -L "$runtimes" ]; then say kept a-symbolic-link "$share"
+elif [ -d "$runtimes" ]; then
+  for d in "$runtimes"/* "$runtimes"/.incoming.*; do
+    if [ -L "$d" ]; then say kept a-symbolic-link "$d"
+    elif [ ! -e "$d" ]; then :
+    elif case $d in */.incoming.*) [ -d "$d" ];; *) [ -d "$d" ] && [ -f "$d/${RUNTIME_MARKER}" ] && [ ! -L "$d/${RUNTIME_MARKER}" ];; esac; then
+      if rm -rf "$d"; then say removed "$d"; else say failed cannot remove "$d"; fi
+    else say kept not-a-runtime-urlserver-provisioned "$d"
+    fi
+  done
+  rmdir "$runtimes" "$share" 2>/dev/null
+fi
+cache="\${XDG_CACHE_HOME:-$HOME/.cache}/urlserver"
+if [ -L "$cache" ]; then say kept a-symbolic-link "$cache"
+elif [ -d "$cache" ]; then
+  if rm -rf "$cache"; then say removed "$cache"; else say failed cannot remove "$cache"; fi
+fi
+say done
+}
+`;
+
+async function uninstallHosts(options: Options): Promise<number> {
+  let failed = false;
+  for (const host of options.hosts) {
+    const session = remoteShell(host, options, () => {});
+    session.stdin.end(UNINSTALL_SCRIPT);
+    const ended = await session.ended;
+    const problem = ended.failure ?? uninstallReport(host, session.lines, ended.code, ended.lastError);
+    if (problem) process.stderr.write(`${PROGRAM}: cannot uninstall from "${host}": ${printable(problem)}\n`);
+    failed ||= Boolean(problem);
+  }
+  return failed ? 69 : 0;
+}
+
+// Prints what was removed and what was left alone; returns what went wrong.
+function uninstallReport(host: string, lines: string[], code: number | null, lastError: string): string | undefined {
+  const removed = lines.filter((line) => line.startsWith("removed ")).map((line) => quoted(line.slice(8)));
+  const kept = lines.filter((line) => line.startsWith("kept ")).map((line) => {
+    const [, why, ...path] = line.split(" ");
+    return `${host}: left alone ${quoted(path.join(" "))}: ${printable(why.replaceAll("-", " "))}`;
+  });
+  const failures = lines.filter((line) => line.startsWith("failed ")).map((line) => printable(line.slice(7)));
+  const report = [
+    removed.length ? `${host}: removed ${removed.join(", ")}` : `${host}: nothing of urlserver's was there`,
+    ...kept,
+    ...(removed.some((path) => path.endsWith('/send.ts"')) ? [`${host}: take the BROWSER line out of the shell's start-up file there`] : []),
+  ];
+  if (lines.includes("done") || removed.length || kept.length) process.stdout.write(report.map((line) => `${line}\n`).join(""));
+  if (failures.length) return failures.join("; ");
+  if (lines.includes("done")) return undefined;
+  const why = code === 255 ? "ssh exited 255" : `the remote shell exited ${code ?? "on a signal"}`;
+  return `${why}${lastError ? `: ${lastError}` : ""}`;
 }
 
 // The ssh masters' control sockets give access to the connections, so they
@@ -719,7 +1296,7 @@ function startConnection(host: string, options: Options, controlPath?: string): 
     if (options.remoteCommand) {
       [command, args] = ["sh", ["-c", options.remoteCommand]];
     } else if (existsSync(clientPath)) {
-      [command, args] = [process.execPath, [...localRuntimeFlags(), clientPath]];
+      return spawn(process.execPath, [...localRuntimeFlags(), clientPath], { stdio: ["pipe", "pipe", "pipe"], ...outsideCurrentDirectory() });
     } else {
       return `cannot start the local client: "${clientPath}" not found (--local needs client.ts beside server.ts)`;
     }
@@ -741,8 +1318,17 @@ function startConnection(host: string, options: Options, controlPath?: string): 
 // loader flags (tsx), or with the client's own permissions under Deno.
 function localRuntimeFlags(): string[] {
   if (!(process.versions as Record<string, string | undefined>).deno) return process.execArgv;
-  return ["run", "--no-prompt", "--allow-read", "--allow-write", "--allow-net",
+  return ["run", "--no-prompt", "--no-config", "--allow-read", "--allow-write", "--allow-net",
     "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR", "--allow-sys"];
+}
+
+// Bun reads settings (bunfig.toml, .env, tsconfig.json) from the directory
+// it starts in: as the first lines do, start it in "/" and say where the user
+// was (the stanza goes back there). Node's flags here may name tsx relative
+// to the current directory, and Node reads nothing there.
+function outsideCurrentDirectory(): { cwd?: string; env?: NodeJS.ProcessEnv } {
+  if (!(process.versions as Record<string, string | undefined>).bun) return {};
+  return { cwd: "/", env: { ...process.env, URLSERVER_CWD: process.cwd() } };
 }
 
 // Each connection has a control socket of its own: a master killed without
@@ -897,7 +1483,8 @@ function helloWait(host: string, options: Options, budget: LogBudget, fail: (fai
 // Why a connection whose ssh (or local client) exited before the hello
 // failed, in one line: ssh's own error (exit 255) or death by a signal, with
 // its last message; client.ts missing where the default remote command looks
-// for it; or the remote command's exit status and last message.
+// for it; no runtime for it there; or the remote command's exit status and
+// last message.
 function exitFailure(host: string, options: Options, code: number | null, signal: NodeJS.Signals | null, said: string,
   earlier: string[]): Failure {
   const last = said ? `: ${said}` : "";
@@ -910,6 +1497,10 @@ function exitFailure(host: string, options: Options, code: number | null, signal
   const missing = /client\.ts/.test(said) && /no such file|not found|cannot open|can't open/i.test(said);
   if (missing && (code === 127 || code === 2) && (options.remoteCommand ?? DEFAULT_REMOTE_COMMAND) === DEFAULT_REMOTE_COMMAND) {
     return failureOf(`client.ts is not in the remote home directory: run "server.ts --install ${host}"`);
+  }
+  // client.ts's first lines found no runtime there (theirs and older clients' words): --install brings one.
+  if (code === 69 && /^client\.ts: no runtime found\b/.test(said)) {
+    return failureOf(`cannot start the client: no runtime for it there (Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx): run "server.ts --install ${host}" to bring one`, earlier);
   }
   return failureOf(`cannot start the client: the remote command exited ${code}${last}`, earlier);
 }

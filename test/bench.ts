@@ -1,14 +1,15 @@
 // npm run bench: what a user waits for each time a program opens a URL.
 // For each way a remote host may run send.ts (Node 20 through npx, Node 20
-// with tsx's loader, Node 22.18+ / 24, Deno, Bun, and any Node named in
-// BENCH_NODES), the wall time of `./send.ts URL` from its start to its exit
-// with "ok", through a running server and client (--local), run as on a
-// remote host: a copy in a home of its own, started by its own first lines
-// with only that runtime on PATH. Beside it, measured in the same run (the
-// two alternate): its floor, a file with send.ts's first lines and imports
-// and nothing else, run the same way; and socat sending the same line to the
-// same socket. Medians and 95th percentiles over BENCH_RUNS runs (default
-// 30), and (send.ts - socat) / floor, whose target is 1.3.
+// with tsx's loader, Node 22.18+ / 24, Deno, Bun, Bun off PATH in
+// ~/.bun/bin, and any Node named in BENCH_NODES), the wall time of
+// `./send.ts URL` from its start to its exit with "ok", through a running
+// server and client (--local), run as on a remote host: a copy in a home of
+// its own, started by its own first lines with only that runtime on PATH.
+// Beside it, measured in the same run (the two alternate): its floor, a file
+// with send.ts's first lines and imports and nothing else, run the same way;
+// and socat sending the same line to the same socket. Medians and 95th
+// percentiles over BENCH_RUNS runs (default 30), and (send.ts - socat) /
+// floor, whose target is 1.3.
 // Then throughput with rate limiting off: URLs per second delivered end to
 // end (socket, client, channel, server, opener started) over one connection
 // and over 20, beside socat relaying the same lines from a Unix socket to a
@@ -25,8 +26,12 @@
 // Then (as root, with sshd: BENCH_FORWARD=0 skips it) a forwarded page load,
 // connect + GET + the whole answer, from the desktop's network namespace to
 // an HTTP server on the remote one's loopback, over real OpenSSH: through
-// server.ts's own listener (ssh -W over the master per connection) and
-// through the old `ssh -O forward` listener of the same master, taking turns.
+// server.ts's own listener (relayed by the master's Unix socket forward),
+// through the old `ssh -O forward` TCP listener of the same master, and
+// through a listener that runs ssh -W over the master per connection (the
+// alternative not taken), taking turns.
+// Last, what --install's provisioning costs and what chose its runtime
+// (test/bench-provision.ts): BENCH_PROVISION=only runs that alone, =0 skips it.
 
 import { spawn, spawnSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
@@ -37,6 +42,7 @@ import { fileURLToPath } from "node:url";
 import type { TestContext } from "node:test";
 import { commandOf, startSshd } from "./fixtures/sshd.ts";
 import { childrenOf } from "./helpers.ts";
+import { provisioning } from "./bench-provision.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const RUNS = Number(process.env.BENCH_RUNS ?? 30);
@@ -45,7 +51,7 @@ const BIN = join(ROOT, ".runtimes/node_modules");
 const SYSTEM_PATH = "/usr/bin:/bin";
 
 /** A way to run send.ts on a remote host: what is on PATH, and what is in the home directory. */
-type RemotePath = { name: string; onPath: Record<string, string>; tsxInLocal?: boolean; missing?: string };
+type RemotePath = { name: string; onPath: Record<string, string>; tsxInLocal?: boolean; inHome?: Record<string, string>; missing?: string };
 
 function versionOf(node: string): string {
   return spawnSync(node, ["--version"], { encoding: "utf8" }).stdout.trim();
@@ -68,6 +74,8 @@ function remotePaths(): RemotePath[] {
       name: `node ${versionOf(extra)}`, onPath: { node: extra }, missing: existsSync(extra) ? undefined : extra })),
     { name: "deno 2", onPath: { deno }, missing: existsSync(deno) ? undefined : `${deno} ${hint}` },
     { name: "bun 1", onPath: { bun }, missing: existsSync(bun) ? undefined : `${bun} ${hint}` },
+    // As Bun's installer leaves it, off ssh's non-login PATH: what the first lines' search costs.
+    { name: "bun 1 in ~/.bun/bin, not on PATH", onPath: {}, inHome: { ".bun/bin/bun": bun }, missing: existsSync(bun) ? undefined : `${bun} ${hint}` },
   ];
   const only = process.env.BENCH_PATHS?.split(",");
   const chosen = all.filter((path) => !only || only.some((name) => path.name.startsWith(name)));
@@ -86,6 +94,10 @@ function remoteHome(dir: string, index: number, path: RemotePath, socket: string
   const bin = join(home, "bin");
   mkdirSync(bin, { recursive: true });
   for (const [name, target] of Object.entries(path.onPath)) symlinkSync(target, join(bin, name));
+  for (const [place, target] of Object.entries(path.inHome ?? {})) {
+    mkdirSync(dirname(join(home, place)), { recursive: true });
+    symlinkSync(target, join(home, place));
+  }
   copyFileSync(join(ROOT, "send.ts"), join(home, "send.ts"));
   const send = readFileSync(join(ROOT, "send.ts"), "utf8").split("\n");
   const firstLines = send.filter((line, i) => i === 0 || line.startsWith('":" //;'));
@@ -337,6 +349,10 @@ let serverLog = "";
 let clientPid = 0;
 
 async function main(): Promise<number> {
+  if (process.env.BENCH_PROVISION === "only") {
+    process.stdout.write(`${await provisioning()}\n`);
+    return 0;
+  }
   const dir = mkdtempSync("/tmp/us-bench-");
   const socket = join(dir, "sock");
   const env = { ...process.env, URLSERVER_SOCKET: socket };
@@ -394,6 +410,7 @@ async function main(): Promise<number> {
     if (process.env.BENCH_HOSTS !== "0") process.stdout.write(`${await manyHosts(dir)}\n`);
     if (process.env.BENCH_FORWARD !== "0") process.stdout.write(`${await forwardedPageLoad()}\n`);
     if (process.env.BENCH_FLOODS !== "0") process.stdout.write(`${floods()}\n`);
+    if (process.env.BENCH_PROVISION !== "0") process.stdout.write(`${await provisioning()}\n`);
     return 0;
   } finally {
     server.kill("SIGTERM");

@@ -1,16 +1,18 @@
 // Ensures a connection that fails before the client's hello is reported as
 // what it is, in one line: ssh's own failure with its exit status and last
-// message, client.ts missing with the command that puts it there, or the
-// remote command's status and last message; never as "remote:" output and a
-// lost client. What the remote side says before a hello that does come (a
+// message, client.ts missing (or finding no runtime) with the command that
+// puts it (or one) there, or the remote command's status and last message;
+// never as "remote:" output and a lost client. What the remote side says before a hello that does come (a
 // login banner) is shown, and so is what it says before a hello that is slow
 // to come. Through the fake ssh, then through real OpenSSH (needs root, sshd,
 // ip and iptables: skipped without them, failing in CI).
 
 import assert from "node:assert/strict";
+import { copyFileSync } from "node:fs";
+import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, run, startScript, tempDir, waitForExit, waitUntil } from "./helpers.ts";
+import { CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, ROOT, run, startScript, tempDir, waitForExit, waitUntil } from "./helpers.ts";
 import { startSshd } from "./fixtures/sshd.ts";
 
 /** server.ts's stderr without the time at the start of each line. */
@@ -32,6 +34,16 @@ test("client.ts missing from the remote home: one line naming server.ts --instal
   // The default remote command, "exec sh client.ts", in a home without it.
   await failsWith(t, ["--ssh", FAKE_SSH], { FAKE_SSH_HOME: tempDir(t) },
     ['build1: client.ts is not in the remote home directory: run "server.ts --install build1"']);
+});
+
+test("a host where client.ts finds no runtime: one line naming server.ts --install, for this client's words and an older one's", { timeout: 30_000 }, async (t) => {
+  const home = tempDir(t);
+  copyFileSync(join(ROOT, "client.ts"), join(home, "client.ts"));
+  const expected = 'build1: cannot start the client: no runtime for it there (Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx): run "server.ts --install build1" to bring one';
+  // Nothing on PATH, and a home with no runtime in it.
+  await failsWith(t, ["--ssh", FAKE_SSH, "--remote-command", "PATH=/nonexistent HOME=$PWD exec /bin/sh client.ts"], { FAKE_SSH_HOME: home }, [expected]);
+  const older = "client.ts: no runtime found: needs Deno 2, Bun 1, Node 22.6+, or Node 20+ with tsx or npx";
+  await failsWith(t, ["--ssh", FAKE_SSH, "--remote-command", `echo '${older}' >&2; exit 69`], {}, [expected]);
 });
 
 test("a remote command that ends before the hello: its earlier lines, then its status and last message", { timeout: 15_000 }, async (t) => {

@@ -78,7 +78,7 @@ test("send.ts --status: the desktop's name, since when, the client's runtime; ex
   const session = await startSession(t);
   const connected = await send(t, session, ["--status"]);
   assert.equal(connected.code, 0, connected.stderr);
-  assert.match(connected.stdout, new RegExp(`^connected to desktop "${hostname()}" since \\d{4}-\\d\\d-\\d\\dT\\S+Z \\(client pid ${session.clientPid} on node/\\S+ with tsx\\)$`));
+  assert.match(connected.stdout, new RegExp(`^connected to desktop "${hostname()}" since \\d{4}-\\d\\d-\\d\\dT\\S+Z \\(client pid ${session.clientPid} on node/\\S+ with tsx from /\\S+\\)$`));
 
   process.kill(session.server.pid, "SIGTERM");
   await waitForExit(session.server, 5000, "server");

@@ -83,12 +83,12 @@ export type Proc = {
   alive: () => boolean;
 };
 
-export type StartOptions = { env?: Record<string, string>; stdin?: "pipe" | "ignore"; uid?: number; gid?: number };
+export type StartOptions = { env?: Record<string, string>; stdin?: "pipe" | "ignore"; uid?: number; gid?: number; cwd?: string };
 
 /** Starts a process with piped stdio; the test kills it in t.after if it is still alive. */
 export function start(t: TestContext, name: string, command: string, args: string[], options: StartOptions = {}): Proc {
   const child = spawn(command, args, {
-    cwd: ROOT,
+    cwd: options.cwd ?? ROOT,
     env: { ...process.env, ...options.env },
     stdio: [options.stdin ?? "pipe", "pipe", "pipe"],
     uid: options.uid,

@@ -56,7 +56,7 @@ test("client.ts by hand: binds its socket before any exchange, says hello, answe
   // Nothing has been written to its stdin yet.
   assert.ok(lstatSync(socket).isSocket(), `${socket} is not a socket`);
   assert.equal(hello,
-    `hello urlserver/1 runtime=${encodeURIComponent(`node/${process.versions.node} with tsx`)} pid=${client.pid} socket=${encodeURIComponent(socket)} version=${JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version}`);
+    `hello urlserver/1 runtime=${encodeURIComponent(`node/${process.versions.node} with tsx from ${process.execPath}`)} pid=${client.pid} socket=${encodeURIComponent(socket)} version=${JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version}`);
 
   client.child.stdin!.write("ping\n");
   await client.stdout.waitFor(/^pong$/, 5000);

@@ -38,6 +38,6 @@ test("the version in the stanza is package.json's, and each script's --version p
     // run() starts the scripts as node --import tsx.
     const result = await run(t, script, ["--version"]);
     assert.equal(result.code, 0);
-    assert.equal(result.stdout, `${script} ${version} on node/${process.versions.node} with tsx`);
+    assert.equal(result.stdout, `${script} ${version} on node/${process.versions.node} with tsx from ${process.execPath}`);
   }
 });
