@@ -1883,7 +1883,7 @@ type Forwarded = { url: string; note: string; undo: (why: string) => void } | { 
 // master forwards there (ssh -O forward -L PATH:REMOTE_ADDRESS:PORT). Owning
 // the listener is what lets a forward live only as long as the URL that
 // needed it (it sees every connection), without a process per connection
-// (ssh -W per connection was measured 12 times slower; see the README): one
+// (ssh -W per connection was measured 5 times slower; see the README): one
 // made for a callback (a redirect target) is released once its callback has
 // been served (its first connection has come and gone), one made for a
 // direct URL once it has had no connection for --forward-idle, as is a
