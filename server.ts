@@ -1646,7 +1646,7 @@ function urlDecisions(host: string, options: Options, state: HostState, forwarde
     if (options.local) return admit(url, undefined, answer);
     const { known, unknown } = namesToResolve(url);
     if (unknown.length > MAX_NAMES_RESOLVED) {
-      return refuse(url, `its redirect parameters name more than ${MAX_NAMES_RESOLVED} hosts to look up`, answer);
+      return refuse(url, `it names more than ${MAX_NAMES_RESOLVED} hosts to look up (its own and its redirect targets)`, answer);
     }
     if (unknown.length === 0) return admit(url, loopbackTargets(url, known), answer);
     if (!state.takeToken()) return refuse(url, rateLimited, answer, "rate limited");

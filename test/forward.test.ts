@@ -148,6 +148,16 @@ test("--forward-idle takes 1 to 86400 seconds; anything else is a usage error", 
   }
 });
 
+test("a URL that names more than 4 hosts to look up (its own and its redirect targets) is refused before any lookup or forward", { timeout: 30_000 }, async (t) => {
+  const session = await startSession(t);
+  const hosts = ["a", "b", "c", "d", "e"].map((name) => `http://${name}.urlserver-test.invalid:8000/`);
+  const url = `https://auth.example/authorize?${hosts.map((host) => `redirect_uri=${encodeURIComponent(host)}`).join("&")}`;
+  const result = await send(t, session, [url]);
+  assert.equal(result.code, 65);
+  assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: it names more than 4 hosts to look up (its own and its redirect targets)`], [url]));
+  assert.deepEqual(forwardRequests(session), []);
+});
+
 test("a loopback URL on a port below 1024 is refused without asking ssh", { timeout: 20_000 }, async (t) => {
   const session = await startSession(t);
   for (const [url, port] of [["http://localhost/", 80], ["https://127.0.0.1:1023/", 1023]] as const) {
