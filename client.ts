@@ -444,7 +444,14 @@ function serveConnection(connection: Socket): void {
     }, IDLE_MS);
   };
   armIdle();
-  const lifetime = setTimeout(() => refuseAndClose(`connection open longer than ${MAX_CONNECTION_MS / 1000} s`), MAX_CONNECTION_MS);
+  // At the bound, lines still waiting for the desktop are answered too: the
+  // place is given back now, not when the desktop gets round to them.
+  const lifetime = setTimeout(() => {
+    const reason = `connection open longer than ${MAX_CONNECTION_MS / 1000} s`;
+    for (const slot of answers) slot.text ??= `error ${reason}`;
+    refuseAndClose(reason);
+    progress();
+  }, MAX_CONNECTION_MS);
 
   const holding = () => channelBlocked || answers.length >= MAX_PENDING_ANSWERS || connection.writableLength > MAX_UNREAD_ANSWER_BYTES;
   // Reserve the next answer's place; the returned function fills it in.
@@ -492,6 +499,11 @@ function serveConnection(connection: Socket): void {
       if (line.length > MAX_LINE_BYTES + 1) return refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
       linesTaken += 1;
       armIdle();
+      // A status costs a place as a URL does: answered, then the connection ends.
+      if (isStatusLine(line)) {
+        closing = "refused";
+        buffered = Buffer.alloc(0);
+      }
       forward(line, answer());
     }
     if (!closing && !buffered.includes(10)) {
@@ -505,7 +517,8 @@ function serveConnection(connection: Socket): void {
     if (closing || !holding()) connection.resume();
     else connection.pause();
     if (answers.length > 0 || closing === "finishing") return;
-    if (closing === "refused" || connection.readableEnded) return finish();
+    // Bun emits 'end' while the socket is paused: lines may still be waiting here.
+    if (closing === "refused" || (connection.readableEnded && !buffered.includes(10))) return finish();
     if (buffered.length === 0 && linesTaken > 0 && !quietTimer) quietTimer = setTimeout(finish, QUIET_END_MS);
   };
   const finish = () => {
@@ -544,6 +557,10 @@ function finishWithout(connection: Socket): void {
 
 // ignoreBOM keeps a leading U+FEFF in the URL, to be refused like any format character.
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+function isStatusLine(line: Buffer): boolean {
+  return line.length <= 7 && line.toString("latin1").replace(/\r$/, "") === "status";
+}
 
 // The answer to a "status" line (send.ts --status), which no URL can be.
 function statusLine(): string {
