@@ -33,10 +33,13 @@
 // 65 a URL was refused (by the desktop, or here: one argument is one URL),
 // 69 no server is connected on this host (or it went away; or the first lines
 // found no runtime here, and print each URL), 70 internal error, 75 timed
-// out, 77 the socket is not the user's own, 128+N signal N.
+// out, 77 the socket is not the user's own, or a directory on the way lets
+// others swap it, or permission is denied on the way (nothing is sent),
+// 128+N signal N.
 
-import { lstatSync } from "node:fs";
+import { lstatSync, mkdirSync, realpathSync } from "node:fs";
 import { connect } from "node:net";
+import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 
 const PROGRAM = "send";
@@ -50,7 +53,8 @@ why and prints each URL not opened on stderr, to be copied by hand.
 Options:
   --socket PATH       the client's socket (default: $URLSERVER_SOCKET, else
                       $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
-  --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
+  --timeout SECONDS   give up waiting for the desktop after this long, from 1
+                      to 2147483 (default: 10)
   --status            say whether a desktop is connected on this host, and since when
   -h, --help          show this help
   --version           print the version, and the runtime running this and its path
@@ -65,8 +69,8 @@ Examples:
 
 Exit codes: 0 all opened (or, with --status, a desktop is connected), 64 usage,
 65 a URL was refused, 69 no server connected on this host, 70 internal error,
-75 timed out, 77 the socket or its directory is not the user's own (nothing
-was sent), 128+N ended by signal N
+75 timed out, 77 the socket or a directory on the way is not the user's own,
+or permission is denied on the way (nothing was sent), 128+N ended by signal N
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
@@ -120,6 +124,8 @@ if (startedIn !== undefined) {
 }
 // END exit stanza
 
+const MAX_TIMEOUT_SECONDS = 2_147_483;
+
 async function main(argv: string[]): Promise<number> {
   let socketPath: string;
   let timeoutSeconds: number;
@@ -143,7 +149,10 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     timeoutSeconds = Number(values.timeout);
-    if (!(timeoutSeconds > 0)) throw new Error(`--timeout needs a positive number of seconds, not "${values.timeout}"`);
+    // Past 2^31-1 ms a timer fires at once: send.ts would time out at start.
+    if (!(timeoutSeconds >= 1 && timeoutSeconds <= MAX_TIMEOUT_SECONDS)) {
+      throw new Error(`--timeout needs a number of seconds from 1 to ${MAX_TIMEOUT_SECONDS}, not "${values.timeout}"`);
+    }
     status = values.status;
     if (status && positionals.length > 0) throw new Error("--status takes no URL");
     if (!status && positionals.length === 0) throw new Error("missing URL");
@@ -154,16 +163,16 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "send.ts --help" for usage.\n`);
     return 64;
   }
-  const refusal = socketRefusal(socketPath);
+  const found = checkSocket(socketPath);
   if (status) {
-    if (refusal) return report(`no desktop is connected on this host: ${refusal.message}`, refusal.code);
-    return reportStatus(await exchange(socketPath, ["status"], timeoutSeconds));
+    if ("code" in found) return report(`no desktop is connected on this host: ${found.message}`, found.code);
+    return reportStatus(await exchange(socketPath, found, ["status"], timeoutSeconds));
   }
   // One argument is one URL: one that is not is refused here, never sent.
   const answers = urls.map(notOneUrl);
   const sent = urls.flatMap((url, i) => answers[i] === undefined ? [i] : []);
-  const outcome: Outcome = refusal ? { answers: [], failure: () => refusal }
-    : sent.length ? await exchange(socketPath, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
+  const outcome: Outcome = "code" in found ? { answers: [], failure: () => found }
+    : sent.length ? await exchange(socketPath, found, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
   outcome.answers.forEach((answer, k) => { answers[sent[k]] = answer; });
   return reportDelivery(urls, answers, outcome.failure?.(quoted(urls[sent[outcome.answers.length]] ?? "")));
 }
@@ -177,28 +186,86 @@ function report(message: string, code: number): number {
 // BSDs and macOS, the final NUL included; Node would cut a longer path short.
 const MAX_SOCKET_PATH_BYTES = process.platform === "linux" ? 107 : 103;
 
-// Another user of this host must not receive our URLs: the socket must be
-// ours, and /tmp/urlserver-UID (which anyone could have made first) must be
-// private to us, as client.ts requires before listening there. A missing
-// socket is left to connect() to report.
-function socketRefusal(socketPath: string): { code: number; message: string } | undefined {
-  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
-    return { code: 64, message: `socket path "${socketPath}" is ${Buffer.byteLength(socketPath)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}` };
-  }
+type Refusal = { code: number; message: string };
+// The socket checked before connecting: the path to connect to (its directory
+// resolved) and the inode that was there, to be found there again once connected.
+type Found = { path: string; dev: number; ino: number };
+
+// Another user of this host must not receive our URLs, whatever they rename
+// between our checks and our connect: /tmp/urlserver-UID is made here when
+// absent, as the client makes it, so that the name is the user's for good;
+// no directory on the way lets anyone else rename entries; the socket is the
+// user's; and once connected, the same socket is still there (sameSocket)
+// before a byte is written. No socket there is simply no server.
+function checkSocket(socketPath: string): Refusal | Found {
+  const tooLong = (path: string) => Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES &&
+    { code: 64, message: `socket path "${path}" is ${Buffer.byteLength(path)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}` };
   const uid = process.getuid?.();
-  if (uid === undefined) return undefined;
-  const directory = `/tmp/urlserver-${uid}`;
-  const refuse = (path: string, why: string) => ({ code: 77, message: `refusing to use ${path === directory ? "socket directory" : "socket"} "${path}": ${why}` });
-  if (socketPath.startsWith(`${directory}/`)) {
-    const info = lstatSync(directory, { throwIfNoEntry: false });
-    if (info && !info.isDirectory()) return refuse(directory, "it is not a directory");
-    if (info && info.uid !== uid) return refuse(directory, `it is owned by uid ${info.uid}, not ${uid}`);
-    if (info && (info.mode & 0o077) !== 0) return refuse(directory, `its mode ${(info.mode & 0o777).toString(8)} lets others in`);
+  const refuse = (why: string) => ({ code: 77, message: `refusing to use socket "${socketPath}": ${why}` });
+  const noServer = { code: 69, message: `cannot connect to "${socketPath}": no server is connected on this host` };
+  try {
+    const refusal = tooLong(socketPath) || defaultDirectoryRefusal(socketPath, uid);
+    if (refusal) return refusal;
+    const directory = realpathSync(dirname(socketPath));
+    const unsafe = unsafeDirectory(directory, uid);
+    if (unsafe) return refuse(unsafe);
+    const path = join(directory, basename(socketPath));
+    const info = lstatSync(path);
+    if (!info.isSocket()) return refuse("it is not a socket");
+    if (uid !== undefined && info.uid !== uid) return refuse(`it is owned by uid ${info.uid}, not ${uid}`);
+    return tooLong(path) || { path, dev: info.dev, ino: info.ino };
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return noServer;
+    if (code === "EACCES" || code === "EPERM") {
+      return refuse("permission denied on the way to it (another user's directory, such as a $XDG_RUNTIME_DIR left from before su?)");
+    }
+    throw error;
   }
-  const info = lstatSync(socketPath, { throwIfNoEntry: false });
-  if (info && !info.isSocket()) return refuse(socketPath, "it is not a socket");
-  if (info && info.uid !== uid) return refuse(socketPath, `it is owned by uid ${info.uid}, not ${uid}`);
+}
+
+// /tmp/urlserver-UID (which anyone could make first) is the user's only if
+// made here or by the client, or already private to the user: the client's check.
+function defaultDirectoryRefusal(socketPath: string, uid: number | undefined): Refusal | undefined {
+  const directory = `/tmp/urlserver-${uid}`;
+  if (uid === undefined || !socketPath.startsWith(`${directory}/`)) return undefined;
+  try {
+    mkdirSync(directory, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  }
+  const info = lstatSync(directory);
+  const refuse = (why: string) => ({ code: 77, message: `refusing to use socket directory "${directory}": ${why}` });
+  if (!info.isDirectory()) return refuse("it is not a directory");
+  if (info.uid !== uid) return refuse(`it is owned by uid ${info.uid}, not ${uid}`);
+  if ((info.mode & 0o077) !== 0) return refuse(`its mode ${(info.mode & 0o777).toString(8)} lets others in`);
   return undefined;
+}
+
+// Whoever may rename entries in a directory on the way could swap the socket
+// between any two checks: only root and the user may, or others only under
+// the sticky bit (as in /tmp); a group may in the user's own directories
+// (the user's choice of group, often the user's alone).
+function unsafeDirectory(directory: string, uid: number | undefined): string | undefined {
+  if (uid === undefined) return undefined;
+  for (let path = directory; ; path = dirname(path)) {
+    const info = lstatSync(path);
+    if (info.uid !== uid && info.uid !== 0) return `directory "${path}" is owned by uid ${info.uid}`;
+    const othersWrite = (info.mode & 0o002) !== 0 || ((info.mode & 0o020) !== 0 && info.uid !== uid);
+    if (othersWrite && (info.mode & 0o1000) === 0) {
+      return `others may rename things in directory "${path}" (mode ${(info.mode & 0o777).toString(8)}, no sticky bit)`;
+    }
+    if (path === dirname(path)) return undefined;
+  }
+}
+
+// Read again once connected, before writing: the socket connected to is the
+// one checked, unless it was swapped out and back between the two lstats,
+// which only root and the user can do in the directories checkSocket allows.
+function sameSocket(socketPath: string, found: Found): Refusal | undefined {
+  const info = lstatSync(found.path, { throwIfNoEntry: false });
+  if (info?.isSocket() && info.dev === found.dev && info.ino === found.ino) return undefined;
+  return { code: 77, message: `refusing to use socket "${socketPath}": it was replaced while connecting` };
 }
 
 // The socket protocol is a URL per line, and the line "status" asks for the
@@ -213,9 +280,9 @@ function notOneUrl(url: string): string | undefined {
 type Outcome = { answers: string[]; failure?: (pending: string) => { code: number; message: string } };
 
 // Writes every line, half-closes, then reads one answer per line, in order.
-function exchange(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
+function exchange(socketPath: string, found: Found, lines: string[], timeoutSeconds: number): Promise<Outcome> {
   return new Promise((resolve) => {
-    const socket = connect(socketPath);
+    const socket = connect(found.path);
     const answers: string[] = [];
     let connected = false;
     let buffered = "";
@@ -231,12 +298,15 @@ function exchange(socketPath: string, lines: string[], timeoutSeconds: number): 
       code: 75, message: `timed out after ${timeoutSeconds} s waiting for the desktop to open ${pending}` })), timeoutSeconds * 1000);
 
     socket.on("connect", () => {
+      const replaced = sameSocket(socketPath, found);
+      if (replaced) return finish(() => replaced);
       connected = true;
       socket.end(lines.map((line) => `${line}\n`).join(""));
     });
     socket.on("error", (error: NodeJS.ErrnoException) => {
       if (connected) return finish(() => ({ code: 69, message: `lost the connection to "${socketPath}": ${error.message}` }));
       const noServer = error.code === "ENOENT" || error.code === "ECONNREFUSED";
+      if (error.code === "EACCES") return finish(() => ({ code: 77, message: `refusing to use socket "${socketPath}": permission denied` }));
       finish(() => ({ code: 69, message: `cannot connect to "${socketPath}": ${noServer ? "no server is connected on this host" : error.message}` }));
     });
     socket.setEncoding("utf8");
