@@ -717,7 +717,7 @@ function startConnection(host: string, options: Options, controlPath?: string): 
 function localRuntimeFlags(): string[] {
   if (!(process.versions as Record<string, string | undefined>).deno) return process.execArgv;
   return ["run", "--no-prompt", "--allow-read", "--allow-write", "--allow-net",
-    "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR", "--allow-sys"];
+    "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,SSH_CONNECTION", "--allow-sys"];
 }
 
 // Each connection has a control socket of its own: a master killed without
@@ -770,7 +770,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       else decodeLine(line, session.onLine);
     });
     child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}` +
-      ` desktop=${encodeURIComponent(hostname())} version=${VERSION}\n`);
+      ` desktop=${encodeURIComponent(hostname())} version=${VERSION} standby=1\n`);
   });
 }
 
@@ -956,6 +956,21 @@ function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => vo
   onLine(text.replace(/\r$/, ""));
 }
 
+// Another desktop's client has taken this host's socket path (its newest
+// client wins): this one stands by, still connected, and still opens URLs
+// from sessions that come from this desktop. Then, or it is the default again.
+function roleChange(verb: string, words: string[]): string {
+  if (verb === "default") return "the default desktop for this host again: its socket path leads here";
+  const fields = new URLSearchParams(words.filter(Boolean).join("&"));
+  const name = fields.get("desktop") ? `desktop ${quotedName(fields.get("desktop")!)}` : "another desktop";
+  const address = fields.get("address") ? ` (from ${printable(fields.get("address")!.slice(0, 64))})` : "";
+  return `standing by: ${name}${address} took over this host's socket path; sessions from this desktop still open here`;
+}
+
+function quotedName(name: string): string {
+  return printable(JSON.stringify(name.slice(0, 100)));
+}
+
 function sessionState(host: string, options: Options, send: (line: string) => void,
   end: (code: number, why: string, final?: boolean) => void, state: HostState,
   master: { controlPath?: string; live: Set<ChildProcess> }, beforeHello: HelloWait) {
@@ -999,6 +1014,8 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
       if (!problem) return openRequested(rest.join(" "), answer);
       if (budget.allows("refused")) log(host, `refused URL ${id}: ${problem}`);
       answer(problem.endsWith("too long") ? `URL longer than ${MAX_URL_BYTES} bytes` : problem);
+    } else if ((verb === "standby" || verb === "default") && !problem) {
+      if (budget.allows("remote")) log(host, roleChange(verb, [id, ...rest]));
     } else if ((verb !== "pong" || problem) && budget.allows("ignored")) {
       log(host, `ignoring a message the client should not send: ${printable(line.slice(0, 200))}${problem ? ` (${problem})` : ""}`);
     }
