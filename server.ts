@@ -64,6 +64,8 @@ Options:
   --reconnect            reconnect a lost host, and retry one not reached:
                          attempts 1 s apart, doubling to 8 s while they fail
   --notify               show a desktop notification for each URL opened
+  --name NAME            this desktop's name on the hosts, for send.ts --status
+                         and URLSERVER_DESKTOP=NAME (default: its hostname)
   --log FILE             append a JSON line per URL: time, host, URL, decision
   --no-forward-loopback  refuse URLs to the remote host's own loopback
                          (localhost, 127.x.y.z, [::1] and the other forms in
@@ -208,6 +210,8 @@ type Options = {
   reconnect: boolean;
   notifier?: string[];
   auditLog?: string;
+  /** What the hosts call this desktop (send.ts --status, URLSERVER_DESKTOP). */
+  name: string;
   local: boolean;
   install: boolean;
   /** Why loopback URLs' ports are not forwarded, if they are not. */
@@ -279,6 +283,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       reconnect: { type: "boolean", default: false },
       notify: { type: "boolean", default: false },
       log: { type: "string" },
+      name: { type: "string" },
       local: { type: "boolean", default: false },
       install: { type: "boolean", default: false },
       "no-forward-loopback": { type: "boolean", default: false },
@@ -310,6 +315,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     reconnect: values.reconnect,
     notifier: values.notify ? findNotifier() : undefined,
     auditLog: values.log,
+    name: values.name === undefined ? hostname() : desktopName(values.name),
     local: values.local,
     install: values.install,
     noForwardReason: values["no-forward-loopback"] ? "--no-forward-loopback is set" : DESKTOP.noMultiplexing,
@@ -322,6 +328,11 @@ function positiveNumber(option: string, text: string, zeroAllowed: boolean): num
     throw new Error(`${option} needs a ${zeroAllowed ? "non-negative" : "positive"} number, not "${text}"`);
   }
   return value;
+}
+
+function desktopName(text: string): string {
+  if (!/^[^\p{Cc}\p{Cf}\p{Z}]{1,64}$/u.test(text)) throw new Error(`--name needs 1 to 64 characters, no spaces or control characters, not ${JSON.stringify(text)}`);
+  return text;
 }
 
 function keepaliveSeconds(text: string): number {
@@ -770,7 +781,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       else decodeLine(line, session.onLine);
     });
     child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}` +
-      ` desktop=${encodeURIComponent(hostname())} version=${VERSION} standby=1\n`);
+      ` desktop=${encodeURIComponent(options.name)} version=${VERSION} standby=1\n`);
   });
 }
 
