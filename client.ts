@@ -32,7 +32,7 @@
 // or it cannot listen, 70 internal error, 75 server silent, 76 protocol
 // mismatch, 77 unsafe socket directory or another user's socket, 128+N signal N.
 
-import { linkSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync } from "node:fs";
+import { existsSync, linkSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { createInterface } from "node:readline";
@@ -449,22 +449,23 @@ function watchThePath(): void {
   timer.unref();
 }
 
-// Whether PATH is still ours; if nobody answers there, it is given to the
-// most recent live client, then whether that is us.
+// Whether PATH is still ours; if it is a socket nobody answers on, it is
+// given to the most recent live client; then whether that is us. A PATH
+// someone removed is left removed (the clients stay reachable in PATH.d),
+// and so is anything at PATH that is not a socket of ours.
 async function checkThePath(): Promise<void> {
   const { socketPath } = desktops;
   let info = lstatSync(socketPath, { throwIfNoEntry: false });
-  if (!sameSocket(info, desktops) && pathIsOurs(info) && !(await answers(socketPath))) {
+  if (!info) return;
+  if (!sameSocket(info, desktops) && socketOfOurs(info) && !(await answers(socketPath))) {
     await repairThePath();
     info = lstatSync(socketPath, { throwIfNoEntry: false });
   }
   roleIs(sameSocket(info, desktops));
 }
 
-// Absent, or a socket of ours: what a client may replace. Anything else at
-// PATH is left alone (and the clients stay reachable in PATH.d).
-function pathIsOurs(info: ReturnType<typeof lstatSync> | undefined): boolean {
-  return !info || (info.isSocket() && info.uid === process.getuid?.());
+function socketOfOurs(info: ReturnType<typeof lstatSync> | undefined): boolean {
+  return info !== undefined && info.isSocket() && info.uid === process.getuid?.();
 }
 
 async function repairThePath(): Promise<void> {
@@ -474,7 +475,7 @@ async function repairThePath(): Promise<void> {
   try {
     const info = lstatSync(socketPath, { throwIfNoEntry: false });
     // Another client may have mended it while we waited for our turn.
-    if (!pathIsOurs(info) || (info && !sameSocket(info, desktops) && await answers(socketPath))) return;
+    if (!socketOfOurs(info) || (!sameSocket(info, desktops) && await answers(socketPath))) return;
     const [newest] = await liveSockets(socketPath);
     if (newest) giveThePath(socketPath, newest);
   } finally {
@@ -520,31 +521,56 @@ function askStatus(socketPath: string): Promise<string> {
   });
 }
 
-// On the way out, taking turns if nobody else is: PATH goes to the most
-// recent other client, or away. (A dead one gets it if it died unnoticed; the
-// others' watch mends that.) If someone else is changing PATH, they will.
+function tryGiveThePath(socketPath: string, fromPath: string): boolean {
+  try {
+    giveThePath(socketPath, fromPath);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// On the way out, taking turns: PATH goes to the most recent other client,
+// or away. (A dead one gets it if it died unnoticed; the others' watch
+// mends that.)
 function leaveDesktops(): void {
   const { socketPath, ownPath } = desktops;
   const directory = `${socketPath}.d`;
   removeOwnSocket(ownPath, desktops.dev, desktops.ino);
   const lock = `${socketPath}.lock`;
-  try {
-    mkdirSync(lock, { mode: 0o700 });
-  } catch {
-    return;
-  }
+  // A turn held this long is a stalled or killed client's: PATH is given without it.
+  const turn = takeTurnNow(lock);
   try {
     if (sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops)) {
-      const [next] = readdirSync(directory).filter((name) => OWN_SOCKET_NAME.test(name)).sort().reverse();
-      if (next) giveThePath(socketPath, `${directory}/${next}`);
-      else unlinkSync(socketPath);
+      // The last to leave but us may have removed the directory already.
+      const others = existsSync(directory) ? readdirSync(directory).filter((name) => OWN_SOCKET_NAME.test(name)).sort().reverse() : [];
+      // One may be leaving too, its socket gone since the list was read.
+      if (!others.some((name) => tryGiveThePath(socketPath, `${directory}/${name}`))) unlinkSync(socketPath);
     }
-    rmdirSync(directory);
+    if (turn) rmdirSync(directory);
   } catch {
     // Others are still in the directory, or it is gone already.
   } finally {
-    rmSync(lock, { recursive: true, force: true });
+    if (turn) rmSync(lock, { recursive: true, force: true });
   }
+}
+
+// The turn, on the way out, where nothing can wait for an event: clients
+// leaving together take it one after the other, within LEAVE_WAIT_MS.
+const LEAVE_WAIT_MS = 1000;
+
+function takeTurnNow(lock: string): boolean {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (const started = Date.now(); Date.now() - started < LEAVE_WAIT_MS;) {
+    try {
+      mkdirSync(lock, { mode: 0o700 });
+      return true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") return false;
+    }
+    Atomics.wait(pause, 0, 0, 5);
+  }
+  return false;
 }
 
 // The session: hello, then URLs out and answers in, until stdin ends.

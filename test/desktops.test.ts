@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, lstatSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
@@ -121,4 +121,99 @@ test("old senders: nc -U and socat on the documented path reach the newest deskt
   await waitUntil(() => openedUrls(home).length === 2, 5000, "two URLs opened at home");
   assert.deepEqual(openedUrls(home), ["https://example.org/by-nc", "https://example.org/by-socat"]);
   assert.deepEqual(openedUrls(office), []);
+});
+
+test("the default desktop's server stopped: the next send.ts opens on the other at once; senders in a loop lose and double nothing", { timeout: 120_000 }, async (t) => {
+  const { socket, office, home } = await twoDesktops(t);
+  const officeSocket = readdirSync(`${socket}.d`).sort()[0];
+  const results: Array<{ url: string; code: number | null; stderr: string; startedAt: number }> = [];
+  let clientGoneAt: number | undefined;
+  let sentAfter = 0;
+  // Two senders in a loop, as programs calling $BROWSER would, across the switch.
+  const loop = async (which: number) => {
+    for (let i = 0; sentAfter < 6; i++) {
+      const url = `https://example.org/loop-${which}-${i}`;
+      const startedAt = performance.now();
+      const result = await sendFrom(t, socket, undefined, [url]);
+      results.push({ url, code: result.code, stderr: result.stderr, startedAt });
+      if (clientGoneAt !== undefined && startedAt > clientGoneAt) sentAfter += 1;
+    }
+  };
+  const loops = [loop(1), loop(2)];
+  await waitUntil(() => results.filter((r) => r.code === 0).length >= 4, 60_000, "four URLs sent before the switch");
+  process.kill(home.server.pid, "SIGTERM");
+  clientGoneAt = await waitUntil(() => !isAlive(home.clientPid), 10_000, "the home client to exit");
+  // The path was handed over as the client left: within a second of it, at most.
+  await waitUntil(() => holderOf(socket) === officeSocket, 1000, "the office client to hold the path");
+  await office.server.stderr.waitFor(/the default desktop for this host again/, 5000);
+  await Promise.all(loops);
+
+  const everywhere = [...openedUrls(office), ...openedUrls(home)];
+  assert.equal(new Set(everywhere).size, everywhere.length, `a URL was opened twice: ${everywhere.join(" ")}`);
+  for (const result of results) {
+    if (result.code === 0) {
+      assert.equal(everywhere.filter((url) => url === result.url).length, 1, `${result.url} answered ok but not opened once`);
+    } else {
+      // Only one in flight as the server stopped: told, and printed to be copied; never "no server".
+      assert.equal(result.code, 69, result.stderr);
+      assert.match(result.stderr, /the server went away\n/);
+      assert.ok(result.stderr.endsWith(`\n${result.url}`), result.stderr);
+    }
+  }
+  const failures = results.filter((r) => r.code !== 0);
+  assert.ok(failures.length <= 2, `${failures.length} URLs not opened:\n${failures.map((r) => r.stderr).join("\n")}`);
+  const after = results.filter((r) => r.startedAt > clientGoneAt!);
+  assert.ok(after.length >= 6 && after.every((r) => r.code === 0 && openedUrls(office).includes(r.url)), JSON.stringify(after));
+  t.diagnostic(`${results.length} URLs sent, ${failures.length} in flight as the server stopped`);
+  assert.doesNotMatch(office.server.stderr.text(), /disconnected/);
+});
+
+test("a SIGKILLed default: the next send.ts opens on the other at once, and its dead socket is cleared", { timeout: 90_000 }, async (t) => {
+  const { socket, office, home } = await twoDesktops(t);
+  const officeSocket = readdirSync(`${socket}.d`).sort()[0];
+  process.kill(home.clientPid, "SIGKILL");
+  const killedAt = await waitUntil(() => !isAlive(home.clientPid), 5000, "the home client to die");
+  // Started at once: it finds the path dead, or already taken over.
+  const sending = sendFrom(t, socket, undefined, ["--verbose", "https://example.org/after-kill"]);
+  const heldAt = await waitUntil(() => holderOf(socket) === officeSocket, 5000, "the office client to hold the path");
+  t.diagnostic(`path taken over ${Math.round(heldAt - killedAt)} ms after the kill`);
+  assert.ok(heldAt - killedAt < 1000, `the path was taken over ${Math.round(heldAt - killedAt)} ms after the kill`);
+  const next = await sending;
+  assert.equal(next.code, 0, next.stderr);
+  assert.equal(next.stderr, 'send: opened "https://example.org/after-kill" on desktop "office"');
+  await waitUntil(() => readdirSync(`${socket}.d`).length === 1, 5000, "the dead client's socket to be removed");
+  const status = await sendFrom(t, socket, undefined, ["--status"]);
+  assert.match(status.stdout, /^connected to desktop "office" since \S+ \(client pid \d+ on [^)]+\)$/);
+  await office.server.stderr.waitFor(/the default desktop for this host again/, 5000);
+  assert.deepEqual(openedUrls(home), []);
+});
+
+test("a second client from the same desktop (after sleep) wins; the stale one stands by and ends with its heartbeat", { timeout: 90_000 }, async (t) => {
+  const socket = join(tempDir(t), "sock");
+  const before = await startDesktop(t, socket, OFFICE, ["--keepalive", "1"]);
+  // The network under the first connection went silent, as after sleep.
+  process.kill(before.sshPid, "SIGSTOP");
+  t.after(() => { try { process.kill(before.sshPid, "SIGCONT"); } catch { /* gone */ } });
+  const after = await startDesktop(t, socket, OFFICE, ["--keepalive", "1"]);
+  assert.equal(holderOf(socket), readdirSync(`${socket}.d`).sort().at(-1));
+  const sent = await sendFrom(t, socket, OFFICE, ["https://example.org/after-sleep"]);
+  assert.equal(sent.code, 0, sent.stderr);
+  assert.deepEqual(openedUrls(after), ["https://example.org/after-sleep"]);
+  await waitUntil(() => !isAlive(before.clientPid), 20_000, "the stale client to end");
+  assert.equal(readdirSync(`${socket}.d`).length, 1);
+  assert.equal(holderOf(socket), readdirSync(`${socket}.d`)[0]);
+  assert.doesNotMatch(after.server.stderr.text(), /standing by|disconnected/);
+});
+
+test("both servers with --reconnect for a minute: no reconnect loop, each log quiet", { timeout: 150_000 }, async (t) => {
+  const { office, home } = await twoDesktops(t, ["--reconnect"]);
+  await new Promise((resolve) => setTimeout(resolve, 60_000));
+  assert.ok(office.server.alive() && home.server.alive());
+  const lines = (session: Session) => session.server.stderr.seen.filter(Boolean);
+  assert.equal(lines(home).length, 1, lines(home).join("\n"));
+  assert.match(lines(home)[0], /connected: client pid/);
+  assert.equal(lines(office).length, 2, lines(office).join("\n"));
+  assert.match(lines(office)[1], /standing by: desktop "home"/);
+  const sshRuns = (session: Session) => readFileSync(session.sshLog, "utf8").split("\n").filter(Boolean).length;
+  assert.deepEqual([sshRuns(office), sshRuns(home)], [1, 1]);
 });
