@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  ROOT, isAlive, needs, opened, run, start, startSession, tempDir, waitForExit, waitUntil,
+  ROOT, isAlive, needs, opened, run, start, startSession, tempDir, waitUntil,
 } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 
@@ -216,4 +216,31 @@ test("both servers with --reconnect for a minute: no reconnect loop, each log qu
   assert.match(lines(office)[1], /standing by: desktop "home"/);
   const sshRuns = (session: Session) => readFileSync(session.sshLog, "utf8").split("\n").filter(Boolean).length;
   assert.deepEqual([sshRuns(office), sshRuns(home)], [1, 1]);
+});
+
+test("inside tmux: the session's SSH_CONNECTION, updated by a later attach, wins over the shell's stale one", { timeout: 90_000 }, async (t) => {
+  const missing = ["tmux", "script"].filter((tool) => spawnSync(tool, ["-V"]).error !== undefined);
+  if (!needs(t, missing.length ? `${missing.join(", ")} (Debian: tmux, util-linux)` : undefined)) return;
+  const { socket, office, home } = await twoDesktops(t);
+  const dir = tempDir(t);
+  const tmuxSocket = join(dir, "tmux");
+  const tmux = (desk: Desk, ...args: string[]) => execFileSync("tmux", ["-S", tmuxSocket, "-f", "/dev/null", ...args],
+    { env: { ...process.env, ...CLEAN, SSH_CONNECTION: sshConnection(desk) }, encoding: "utf8", timeout: 10_000 });
+  // Started from the office...
+  tmux(OFFICE, "new-session", "-d", "-s", "work", "-x", "80", "-y", "24");
+  t.after(() => spawnSync("tmux", ["-S", tmuxSocket, "kill-server"]));
+  // ...attached later from home: tmux updates the session's SSH_CONNECTION (update-environment).
+  start(t, "tmux attach", "script", ["-qfc", `tmux -S ${tmuxSocket} attach -t work`, "/dev/null"],
+    { env: { ...CLEAN, SSH_CONNECTION: sshConnection(HOME), TERM: "xterm" } });
+  await waitUntil(() => tmux(HOME, "show-environment", "-t", "work", "SSH_CONNECTION").startsWith(`SSH_CONNECTION=${HOME.address} `),
+    20_000, "tmux to take home's SSH_CONNECTION on attach");
+  // A shell that was started from the office still has the office's address in its environment.
+  const out = join(dir, "out");
+  const command = `env SSH_CONNECTION='${sshConnection(OFFICE)}' URLSERVER_SOCKET='${socket}' ` +
+    `${process.execPath} --import tsx send.ts --verbose https://example.org/in-tmux > ${out} 2>&1; echo "exit $?" >> ${out}`;
+  tmux(HOME, "new-window", "-d", "-t", "work", "-c", ROOT, command);
+  await waitUntil(() => existsSync(out) && readFileSync(out, "utf8").includes("exit "), 30_000, "send.ts in tmux to finish");
+  assert.equal(readFileSync(out, "utf8"), 'send: opened "https://example.org/in-tmux" on desktop "home"\nexit 0\n');
+  assert.deepEqual(openedUrls(home), ["https://example.org/in-tmux"]);
+  assert.deepEqual(openedUrls(office), []);
 });
