@@ -13,9 +13,10 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  ROOT, isAlive, needs, opened, run, start, startSession, tempDir, waitUntil,
+  ROOT, isAlive, needs, opened, run, start, startSession, tempDir, waitForExit, waitUntil,
 } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
+import { startSshd } from "./fixtures/sshd.ts";
 
 const OFFICE = { name: "office", address: "10.1.0.1" };
 const HOME = { name: "home", address: "10.1.0.2" };
@@ -243,4 +244,33 @@ test("inside tmux: the session's SSH_CONNECTION, updated by a later attach, wins
   assert.equal(readFileSync(out, "utf8"), 'send: opened "https://example.org/in-tmux" on desktop "home"\nexit 0\n');
   assert.deepEqual(openedUrls(home), ["https://example.org/in-tmux"]);
   assert.deepEqual(openedUrls(office), []);
+});
+
+test("over real OpenSSH, two desktops with different addresses, one sshd: each desktop's session opens on its own desktop", { timeout: 120_000 }, async (t) => {
+  const sshd = await startSshd(t, { separateDesktop: true, secondDesktop: true });
+  if (!sshd) return;
+  const second = sshd.secondDesktop!;
+  const socket = join(tempDir(t), "sock");
+  const common = { host: sshd.host, remoteCommand: sshd.remoteCommand, socket, env: CLEAN };
+  const office = await startSession(t, ["--name", "office"], { ...common, ssh: sshd.sshWrapper });
+  const home = await startSession(t, ["--name", "home"], { ...common, ssh: second.sshWrapper });
+  const standing = await office.server.stderr.waitFor(/standing by/, 10_000);
+  assert.ok(standing.endsWith(`standing by: desktop "home" (from ${second.address}) took over this host's socket path; sessions from this desktop still open here`), standing);
+  // A session of each desktop's own on the host, as a user's shell there would be.
+  const sendOver = async (ssh: string, url: string) => {
+    const proc = start(t, "ssh send.ts", ssh, ["--", sshd.host,
+      `cd ${ROOT} && URLSERVER_SOCKET=${socket} exec ${process.execPath} --import tsx send.ts --verbose ${url}`], { stdin: "ignore", env: CLEAN });
+    const exit = await waitForExit(proc, 30_000, "send.ts over ssh");
+    await waitUntil(() => proc.stderr.ended, 2000, "ssh's stderr to end");
+    return { ...exit, stderr: proc.stderr.text() };
+  };
+  const fromOffice = await sendOver(sshd.sshWrapper, "https://example.org/office-session");
+  assert.equal(fromOffice.code, 0, fromOffice.stderr);
+  assert.equal(fromOffice.stderr, 'send: opened "https://example.org/office-session" on desktop "office"');
+  const fromHome = await sendOver(second.sshWrapper, "https://example.org/home-session");
+  assert.equal(fromHome.code, 0, fromHome.stderr);
+  assert.equal(fromHome.stderr, 'send: opened "https://example.org/home-session" on desktop "home"');
+  await waitUntil(() => openedUrls(office).length + openedUrls(home).length === 2, 5000, "both URLs opened");
+  assert.deepEqual(openedUrls(office), ["https://example.org/office-session"]);
+  assert.deepEqual(openedUrls(home), ["https://example.org/home-session"]);
 });
