@@ -8,7 +8,8 @@
 
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, lstatSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
@@ -273,4 +274,44 @@ test("over real OpenSSH, two desktops with different addresses, one sshd: each d
   await waitUntil(() => openedUrls(office).length + openedUrls(home).length === 2, 5000, "both URLs opened");
   assert.deepEqual(openedUrls(office), ["https://example.org/office-session"]);
   assert.deepEqual(openedUrls(home), ["https://example.org/home-session"]);
+});
+
+test("every client's socket passes the single socket's checks: PATH.d another user's, or open to others, is refused (77) by client.ts and send.ts", { timeout: 60_000 }, async (t) => {
+  if (!needs(t, process.getuid?.() === 0 ? undefined : "root, to give a directory to another uid")) return;
+  for (const [why, prepare] of [
+    ["it is owned by uid 54321, not 0", (directory: string) => chownSync(directory, 54321, 54321)],
+    ["its mode 755 lets others in", (directory: string) => chmodSync(directory, 0o755)],
+  ] as const) {
+    const socket = join(tempDir(t), "sock");
+    mkdirSync(`${socket}.d`, { mode: 0o700 });
+    prepare(`${socket}.d`);
+    const env = { ...CLEAN, URLSERVER_SOCKET: socket };
+    const client = await run(t, "client.ts", [], { env });
+    assert.equal(client.code, 77);
+    assert.equal(client.stderr, `client: refusing to use socket directory "${socket}.d": ${why}`);
+    assert.equal(existsSync(socket), false);
+    const sender = await run(t, "send.ts", ["https://example.org/not-sent"], { env });
+    assert.equal(sender.code, 77);
+    assert.equal(sender.stderr, `send: refusing to use socket directory "${socket}.d": ${why}\nhttps://example.org/not-sent`);
+  }
+});
+
+test("an address from the environment only picks among the user's own sockets: another user's socket in PATH.d gets nothing", { timeout: 60_000 }, async (t) => {
+  if (!needs(t, process.getuid?.() === 0 ? undefined : "root, to give a socket to another uid")) return;
+  const { socket, office, home } = await twoDesktops(t);
+  // The newest name, claiming the office's address, owned by someone else.
+  const received: string[] = [];
+  const impostor = createServer((connection) => {
+    connection.on("data", (chunk) => received.push(chunk.toString()));
+    connection.end("ok desktop=office address=10.1.0.1 since=x runtime=x pid=1 default=no\n");
+  });
+  const impostorPath = join(`${socket}.d`, "zzzzzzzz-1");
+  await new Promise<void>((resolve) => impostor.listen(impostorPath, resolve));
+  t.after(() => impostor.close());
+  chownSync(impostorPath, 54321, 54321);
+  const sent = await sendFrom(t, socket, OFFICE, ["--verbose", "https://example.org/not-for-them"]);
+  assert.equal(sent.code, 0, sent.stderr);
+  assert.deepEqual(received, []);
+  await waitUntil(() => openedUrls(office).length === 1, 5000, "the office to open it");
+  assert.deepEqual(openedUrls(home), []);
 });
