@@ -1,6 +1,6 @@
 #!/bin/sh
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
-":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX --allow-run=tmux --allow-sys=uid "$s" "$@"
+":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX,TMUX_PANE,NODE_V8_COVERAGE --allow-run=tmux --allow-sys=uid "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
 ":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
 ":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
@@ -18,9 +18,11 @@
 //   npx tsx send.ts URL...                       Node 20+ with tsx
 //   node send.ts URL...                          Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \
-//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX \
+//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX,TMUX_PANE,NODE_V8_COVERAGE \
 //     --allow-run=tmux --allow-sys=uid send.ts URL...
 //   bun send.ts URL...           (Bun drops a "--" right after the script name)
+// (Deno runs tmux only to ask it for SSH_CONNECTION; its child_process reads
+// NODE_V8_COVERAGE.)
 //
 // With several desktops serving this host, each URL goes to the one this
 // session came from (its SSH_CONNECTION, asked of tmux inside tmux), else to
@@ -275,7 +277,9 @@ async function askDesktops(socketPath: string, clients: string[]): Promise<Deskt
 async function sessionConnection(): Promise<string | undefined> {
   if (!process.env.TMUX) return process.env.SSH_CONNECTION;
   const fromTmux = await new Promise<string | undefined>((resolve) => {
-    execFile("tmux", ["show-environment", "SSH_CONNECTION"], { timeout: TMUX_TIMEOUT_MS, encoding: "utf8" }, (error, stdout) => {
+    // Only what tmux needs to find its server and our pane (Deno allows no more).
+    const env = { TMUX: process.env.TMUX, TMUX_PANE: process.env.TMUX_PANE ?? "" };
+    execFile("tmux", ["show-environment", "SSH_CONNECTION"], { timeout: TMUX_TIMEOUT_MS, encoding: "utf8", env }, (error, stdout) => {
       const line = stdout.split("\n")[0];
       resolve(error ? undefined : line === "-SSH_CONNECTION" ? "" : /^SSH_CONNECTION=(.*)$/.exec(line)?.[1]);
     });
