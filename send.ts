@@ -35,8 +35,9 @@
 // error, 75 timed out, 77 the socket is not the user's own, 128+N signal N.
 
 import { execFile } from "node:child_process";
-import { lstatSync, readdirSync } from "node:fs";
+import { lstatSync, mkdirSync, readdirSync, realpathSync } from "node:fs";
 import { connect } from "node:net";
+import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 
 const PROGRAM = "send";
@@ -152,20 +153,22 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "send.ts --help" for usage.\n`);
     return 64;
   }
-  const refusal = socketRefusal(socketPath);
+  // No socket at PATH is no reason not to look for the clients' own (see Several desktops).
+  const checked = checkSocket(socketPath);
+  const refusal = "code" in checked && checked.code !== 69 ? checked : undefined;
   const route = refusal ? undefined : await chooseDesktop(socketPath, status);
   if (status) {
     if (refusal) return report(`no desktop is connected on this host: ${refusal.message}`, refusal.code);
     if (route!.refusal) return report(`no desktop is connected on this host: ${route!.refusal.message}`, route!.refusal.code);
     if (route!.desktops.length > 1) return reportDesktops(route!);
-    return reportStatus(await exchange(socketPath, ["status"], timeoutSeconds));
+    return reportStatus(await exchangeChecked(socketPath, ["status"], timeoutSeconds));
   }
   // One argument is one URL: one that is not is refused here, never sent.
   const answers = urls.map(notOneUrl);
   const sent = urls.flatMap((url, i) => answers[i] === undefined ? [i] : []);
   const failure = refusal ?? route!.refusal;
   const outcome: Outcome = failure ? { answers: [], failure: () => failure }
-    : sent.length ? await exchange(route!.path, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
+    : sent.length ? await exchangeChecked(route!.path, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
   outcome.answers.forEach((answer, k) => { answers[sent[k]] = answer; });
   if (verbose && outcome.answers.includes("ok")) await reportWhere(route!, urls, answers);
   return reportDelivery(urls, answers, outcome.failure?.(quoted(urls[sent[outcome.answers.length]] ?? "")));
@@ -180,28 +183,84 @@ function report(message: string, code: number): number {
 // BSDs and macOS, the final NUL included; Node would cut a longer path short.
 const MAX_SOCKET_PATH_BYTES = process.platform === "linux" ? 107 : 103;
 
-// Another user of this host must not receive our URLs: the socket must be
-// ours, and /tmp/urlserver-UID (which anyone could have made first) must be
-// private to us, as client.ts requires before listening there. A missing
-// socket is left to connect() to report.
-function socketRefusal(socketPath: string): { code: number; message: string } | undefined {
-  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
-    return { code: 64, message: `socket path "${socketPath}" is ${Buffer.byteLength(socketPath)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}` };
-  }
+type Refusal = { code: number; message: string };
+// The socket checked before connecting: the path to connect to (its directory
+// resolved) and the inode that was there, to be found there again once connected.
+type Found = { path: string; dev: number; ino: number };
+
+// Another user of this host must not receive our URLs, whatever they rename
+// between our checks and our connect: /tmp/urlserver-UID is made here when
+// absent, as the client makes it, so that the name is the user's for good;
+// no directory on the way lets anyone else rename entries; the socket is the
+// user's; and once connected, the same socket is still there (sameSocket)
+// before a byte is written. No socket there is simply no server.
+function checkSocket(socketPath: string): Refusal | Found {
+  const tooLong = (path: string) => Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES &&
+    { code: 64, message: `socket path "${path}" is ${Buffer.byteLength(path)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}` };
   const uid = process.getuid?.();
-  if (uid === undefined) return undefined;
-  const directory = `/tmp/urlserver-${uid}`;
-  const refuse = (path: string, why: string) => ({ code: 77, message: `refusing to use ${path === directory ? "socket directory" : "socket"} "${path}": ${why}` });
-  if (socketPath.startsWith(`${directory}/`)) {
-    const info = lstatSync(directory, { throwIfNoEntry: false });
-    if (info && !info.isDirectory()) return refuse(directory, "it is not a directory");
-    if (info && info.uid !== uid) return refuse(directory, `it is owned by uid ${info.uid}, not ${uid}`);
-    if (info && (info.mode & 0o077) !== 0) return refuse(directory, `its mode ${(info.mode & 0o777).toString(8)} lets others in`);
+  const refuse = (why: string) => ({ code: 77, message: `refusing to use socket "${socketPath}": ${why}` });
+  const noServer = { code: 69, message: `cannot connect to "${socketPath}": no server is connected on this host` };
+  try {
+    const refusal = tooLong(socketPath) || defaultDirectoryRefusal(socketPath, uid);
+    if (refusal) return refusal;
+    const directory = realpathSync(dirname(socketPath));
+    const unsafe = unsafeDirectory(directory, uid);
+    if (unsafe) return refuse(unsafe);
+    const path = join(directory, basename(socketPath));
+    const info = lstatSync(path);
+    if (!info.isSocket()) return refuse("it is not a socket");
+    if (uid !== undefined && info.uid !== uid) return refuse(`it is owned by uid ${info.uid}, not ${uid}`);
+    return tooLong(path) || { path, dev: info.dev, ino: info.ino };
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return noServer;
+    if (code === "EACCES" || code === "EPERM") return refuse(`permission denied on the way to it (a directory of another user's?)`);
+    throw error;
   }
-  const info = lstatSync(socketPath, { throwIfNoEntry: false });
-  if (info && !info.isSocket()) return refuse(socketPath, "it is not a socket");
-  if (info && info.uid !== uid) return refuse(socketPath, `it is owned by uid ${info.uid}, not ${uid}`);
+}
+
+// /tmp/urlserver-UID (which anyone could make first) is the user's only if
+// made here or by the client, or already private to the user: the client's check.
+function defaultDirectoryRefusal(socketPath: string, uid: number | undefined): Refusal | undefined {
+  const directory = `/tmp/urlserver-${uid}`;
+  if (uid === undefined || !socketPath.startsWith(`${directory}/`)) return undefined;
+  try {
+    mkdirSync(directory, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  }
+  const info = lstatSync(directory);
+  const refuse = (why: string) => ({ code: 77, message: `refusing to use socket directory "${directory}": ${why}` });
+  if (!info.isDirectory()) return refuse("it is not a directory");
+  if (info.uid !== uid) return refuse(`it is owned by uid ${info.uid}, not ${uid}`);
+  if ((info.mode & 0o077) !== 0) return refuse(`its mode ${(info.mode & 0o777).toString(8)} lets others in`);
   return undefined;
+}
+
+// Whoever may rename entries in a directory on the way could swap the socket
+// between any two checks: only root and the user may, or others only under
+// the sticky bit (as in /tmp); a group may in the user's own directories
+// (the user's choice of group, often the user's alone).
+function unsafeDirectory(directory: string, uid: number | undefined): string | undefined {
+  if (uid === undefined) return undefined;
+  for (let path = directory; ; path = dirname(path)) {
+    const info = lstatSync(path);
+    if (info.uid !== uid && info.uid !== 0) return `directory "${path}" is owned by uid ${info.uid}`;
+    const othersWrite = (info.mode & 0o002) !== 0 || ((info.mode & 0o020) !== 0 && info.uid !== uid);
+    if (othersWrite && (info.mode & 0o1000) === 0) {
+      return `others may rename things in directory "${path}" (mode ${(info.mode & 0o777).toString(8)}, no sticky bit)`;
+    }
+    if (path === dirname(path)) return undefined;
+  }
+}
+
+// Read again once connected, before writing: the socket connected to is the
+// one checked, unless it was swapped out and back between the two lstats,
+// which only root and the user can do in the directories checkSocket allows.
+function sameSocket(socketPath: string, found: Found): Refusal | undefined {
+  const info = lstatSync(found.path, { throwIfNoEntry: false });
+  if (info?.isSocket() && info.dev === found.dev && info.ino === found.ino) return undefined;
+  return { code: 77, message: `refusing to use socket "${socketPath}": it was replaced while connecting` };
 }
 
 // Several desktops: each client also listens on a socket of its own in
@@ -214,7 +273,6 @@ const CLIENT_SOCKET_NAME = /^[0-9a-z]{1,12}-[0-9]{1,10}$/;
 const ASK_TIMEOUT_SECONDS = 2;
 const TMUX_TIMEOUT_MS = 1000;
 
-type Refusal = { code: number; message: string };
 type Desktop = { path: string; name: string; address: string; since: string; pid: string; runtime: string; holdsPath: boolean };
 type Route = { path: string; desktops: Desktop[]; chosen?: Desktop; address?: string; refusal?: Refusal };
 
@@ -259,8 +317,9 @@ async function askDesktops(socketPath: string, clients: string[]): Promise<Deskt
   const holder = lstatSync(socketPath, { throwIfNoEntry: false });
   const desktops = await Promise.all(clients.map(async (path): Promise<Desktop | undefined> => {
     const info = lstatSync(path, { throwIfNoEntry: false });
-    if (!info || socketRefusal(path)) return undefined;
-    const [answer] = (await exchange(path, ["status"], ASK_TIMEOUT_SECONDS)).answers;
+    if (!info) return undefined;
+    // Checked as PATH is: another user's socket here is never written to.
+    const [answer] = (await exchangeChecked(path, ["status"], ASK_TIMEOUT_SECONDS)).answers;
     if (!answer?.startsWith("ok ")) return undefined;
     const fields = new URLSearchParams(answer.slice(3).replaceAll(" ", "&"));
     const field = (name: string) => fields.get(name) ?? "";
@@ -297,7 +356,7 @@ function desktopAddress(connection: string | undefined): string {
 async function reportWhere(route: Route, urls: string[], answers: Array<string | undefined>): Promise<void> {
   let name = route.chosen?.name;
   if (name === undefined) {
-    const [answer] = (await exchange(route.path, ["status"], ASK_TIMEOUT_SECONDS)).answers;
+    const [answer] = (await exchangeChecked(route.path, ["status"], ASK_TIMEOUT_SECONDS)).answers;
     name = answer?.startsWith("ok ") ? new URLSearchParams(answer.slice(3).replaceAll(" ", "&")).get("desktop") ?? "?" : "?";
   }
   urls.forEach((url, i) => {
@@ -327,10 +386,23 @@ function notOneUrl(url: string): string | undefined {
 // The answers received, in order, and what cut the exchange short if anything did.
 type Outcome = { answers: string[]; failure?: (pending: string) => { code: number; message: string } };
 
+// checkSocket, then exchange. A client taking the path over renames its
+// socket there (see Several desktops): a socket replaced while connecting,
+// nothing written yet, is checked and connected to again, twice at most.
+async function exchangeChecked(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
+  for (let attempt = 1; ; attempt++) {
+    const found = checkSocket(socketPath);
+    if ("code" in found) return { answers: [], failure: () => found };
+    const outcome = await exchange(socketPath, found, lines, timeoutSeconds);
+    const replaced = outcome.answers.length === 0 && outcome.failure?.("").message.endsWith(": it was replaced while connecting");
+    if (!replaced || attempt === 3) return outcome;
+  }
+}
+
 // Writes every line, half-closes, then reads one answer per line, in order.
-function exchange(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
+function exchange(socketPath: string, found: Found, lines: string[], timeoutSeconds: number): Promise<Outcome> {
   return new Promise((resolve) => {
-    const socket = connect(socketPath);
+    const socket = connect(found.path);
     const answers: string[] = [];
     let connected = false;
     let buffered = "";
@@ -346,12 +418,15 @@ function exchange(socketPath: string, lines: string[], timeoutSeconds: number): 
       code: 75, message: `timed out after ${timeoutSeconds} s waiting for the desktop to open ${pending}` })), timeoutSeconds * 1000);
 
     socket.on("connect", () => {
+      const replaced = sameSocket(socketPath, found);
+      if (replaced) return finish(() => replaced);
       connected = true;
       socket.end(lines.map((line) => `${line}\n`).join(""));
     });
     socket.on("error", (error: NodeJS.ErrnoException) => {
       if (connected) return finish(() => ({ code: 69, message: `lost the connection to "${socketPath}": ${error.message}` }));
       const noServer = error.code === "ENOENT" || error.code === "ECONNREFUSED";
+      if (error.code === "EACCES") return finish(() => ({ code: 77, message: `refusing to use socket "${socketPath}": permission denied` }));
       finish(() => ({ code: 69, message: `cannot connect to "${socketPath}": ${noServer ? "no server is connected on this host" : error.message}` }));
     });
     socket.setEncoding("utf8");
