@@ -384,10 +384,12 @@ function joinDesktops(socketPath: string, ownPath: string, ours: Identity): Refu
   try {
     giveThePath(socketPath, ownPath);
   } catch (error) {
+    const { code, syscall } = error as NodeJS.ErrnoException;
     // A sticky directory refuses to replace another user's file (made since our check).
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code !== "EPERM" && code !== "EACCES") throw error;
-    return { code: 77, message: `refusing to use socket "${socketPath}": it cannot be replaced (${code}): another user's` };
+    if (syscall === "rename" && (code === "EPERM" || code === "EACCES")) {
+      return { code: 77, message: `refusing to use socket "${socketPath}": it cannot be replaced (${code}): another user's` };
+    }
+    return { code: 69, message: `cannot take "${socketPath}" over: ${(error as Error).message}` };
   }
   watchThePath();
   return undefined;
@@ -538,10 +540,12 @@ function leaveDesktops(): void {
   const directory = `${socketPath}.d`;
   removeOwnSocket(ownPath, desktops.dev, desktops.ino);
   const lock = `${socketPath}.lock`;
-  // A turn held this long is a stalled or killed client's: PATH is given without it.
-  const turn = takeTurnNow(lock);
+  const holdsPath = sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops);
+  // A turn held this long is a stalled or killed client's: PATH is given
+  // without it. One standing by only wants it to remove PATH.d if it is the last.
+  const turn = takeTurnNow(lock, holdsPath ? LEAVE_WAIT_MS : 0);
   try {
-    if (sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops)) {
+    if (holdsPath && sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops)) {
       // The last to leave but us may have removed the directory already.
       const others = existsSync(directory) ? readdirSync(directory).filter((name) => OWN_SOCKET_NAME.test(name)).sort().reverse() : [];
       // One may be leaving too, its socket gone since the list was read.
@@ -559,18 +563,18 @@ function leaveDesktops(): void {
 // leaving together take it one after the other, within LEAVE_WAIT_MS.
 const LEAVE_WAIT_MS = 1000;
 
-function takeTurnNow(lock: string): boolean {
+function takeTurnNow(lock: string, waitMs: number): boolean {
   const pause = new Int32Array(new SharedArrayBuffer(4));
-  for (const started = Date.now(); Date.now() - started < LEAVE_WAIT_MS;) {
+  for (const started = Date.now(); ;) {
     try {
       mkdirSync(lock, { mode: 0o700 });
       return true;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") return false;
     }
+    if (Date.now() - started >= waitMs) return false;
     Atomics.wait(pause, 0, 0, 5);
   }
-  return false;
 }
 
 // The session: hello, then URLs out and answers in, until stdin ends.
