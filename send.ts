@@ -167,7 +167,9 @@ async function main(argv: string[]): Promise<number> {
   if (status) {
     if (refusal) return report(`no desktop is connected on this host: ${refusal.message}`, refusal.code);
     if (route!.refusal) return report(`no desktop is connected on this host: ${route!.refusal.message}`, route!.refusal.code);
-    if (route!.desktops.length > 1) return reportDesktops(route!);
+    // One desktop that holds PATH keeps the one-line answer of a single desktop.
+    const [only, ...others] = route!.desktops;
+    if (others.length > 0 || (only && !only.holdsPath)) return reportDesktops(route!);
     return reportStatus(await exchangeChecked(socketPath, ["status"], timeoutSeconds));
   }
   // One argument is one URL: one that is not is refused here, never sent.
