@@ -694,106 +694,162 @@ function serveConnection(connection: Socket): void {
     return finishWithout(connection);
   }
   openConnections += 1;
-  const answers: Array<{ text?: string }> = [];
-  let buffered: Buffer = Buffer.alloc(0);
-  let closing: false | "refused" | "finishing" = false;
-  let linesTaken = 0;
-  let quietTimer: ReturnType<typeof setTimeout> | undefined;
-  let idleTimer: ReturnType<typeof setTimeout> | undefined;
-  const armIdle = () => {
-    clearTimeout(idleTimer);
-    idleTimer = setTimeout(() => {
-      // Lines taken or waiting to be taken: it is the desktop that is slow.
-      if (answers.length > 0 || buffered.includes(10)) return armIdle();
-      refuseAndClose(`no complete line within ${IDLE_MS / 1000} s`);
-    }, IDLE_MS);
-  };
-  armIdle();
-  const lifetime = setTimeout(() => refuseAndClose(`connection open longer than ${MAX_CONNECTION_MS / 1000} s`), MAX_CONNECTION_MS);
+  new ConnectionSession(connection);
+}
 
-  const holding = () => channelBlocked || answers.length >= MAX_PENDING_ANSWERS || connection.writableLength > MAX_UNREAD_ANSWER_BYTES;
+type Slot = { text?: string };
+
+// A connection's state and its steps. Every event comes to progress():
+// answers that are ready go out in order, lines are taken while the sender
+// reads its answers and the channel drains, and what to wait for next is
+// decided. An answer can be settled while lines are being taken; that is one
+// more turn of the loop, not a nested call.
+class ConnectionSession {
+  readonly connection: Socket;
+  readonly answers: Slot[] = [];
+  buffered: Buffer = Buffer.alloc(0);
+  closing: false | "refused" | "finishing" = false;
+  linesTaken = 0;
+  quietTimer: ReturnType<typeof setTimeout> | undefined;
+  idleTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly lifetime: ReturnType<typeof setTimeout>;
+  running = false;
+  again = false;
+  readonly wake = () => this.progress();
+
+  constructor(connection: Socket) {
+    this.connection = connection;
+    this.armIdle();
+    this.lifetime = setTimeout(() => this.endOfLife(), MAX_CONNECTION_MS);
+    connectionsToWake.add(this.wake);
+    connection.on("data", (chunk: Buffer) => this.received(chunk));
+    connection.on("end", this.wake);
+    connection.on("drain", this.wake);
+    connection.on("error", () => connection.destroy());
+    connection.on("close", () => {
+      for (const timer of [this.idleTimer, this.quietTimer, this.lifetime]) clearTimeout(timer);
+      connectionsToWake.delete(this.wake);
+      openConnections -= 1;
+    });
+  }
+
+  received(chunk: Buffer): void {
+    clearTimeout(this.quietTimer);
+    this.quietTimer = undefined;
+    if (this.closing) return; // discarded
+    this.buffered = this.buffered.length ? Buffer.concat([this.buffered, chunk]) : chunk;
+    this.progress();
+  }
+
+  armIdle(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      // Lines taken or waiting to be taken: it is the desktop that is slow.
+      if (this.answers.length > 0 || this.buffered.includes(10)) return this.armIdle();
+      this.refuseAndClose(`no complete line within ${IDLE_MS / 1000} s`);
+    }, IDLE_MS);
+  }
+
+  // At the bound, lines still waiting for the desktop are answered too: the
+  // place is given back now, not when the desktop gets round to them.
+  endOfLife(): void {
+    const reason = `connection open longer than ${MAX_CONNECTION_MS / 1000} s`;
+    for (const slot of this.answers) slot.text ??= `error ${reason}`;
+    this.refuseAndClose(reason);
+    this.progress();
+  }
+
+  holding(): boolean {
+    return channelBlocked || this.answers.length >= MAX_PENDING_ANSWERS || this.connection.writableLength > MAX_UNREAD_ANSWER_BYTES;
+  }
+
   // Reserve the next answer's place; the returned function fills it in.
-  const answer = () => {
-    const slot: { text?: string } = {};
-    answers.push(slot);
-    return (final: string) => { slot.text = final; progress(); };
-  };
+  answer(): (final: string) => void {
+    const slot: Slot = {};
+    this.answers.push(slot);
+    return (final: string) => { slot.text = final; this.progress(); };
+  }
+
   // Stop taking lines at once (the rest of an overlong line is never
   // buffered) and close once the earlier lines have their answers.
-  const refuseAndClose = (reason: string) => {
-    if (closing) return;
-    closing = "refused";
-    buffered = Buffer.alloc(0);
-    answer()(`error ${reason}`);
-  };
+  refuseAndClose(reason: string): void {
+    if (this.closing) return;
+    this.closing = "refused";
+    this.buffered = Buffer.alloc(0);
+    this.answer()(`error ${reason}`);
+  }
 
-  // Every event comes here: answers that are ready go out in order, lines are
-  // taken while the sender reads its answers and the channel drains, and what
-  // to wait for next is decided. An answer can be settled while lines are
-  // being taken; that is one more turn of the loop, not a nested call.
-  let running = false;
-  let again = false;
-  const progress = () => {
-    if (running) {
-      again = true;
+  progress(): void {
+    if (this.running) {
+      this.again = true;
       return;
     }
-    running = true;
+    this.running = true;
     do {
-      again = false;
-      step();
-    } while (again);
-    running = false;
-  };
-  const step = () => {
-    while (answers.length > 0 && answers[0].text !== undefined) {
-      const { text } = answers.shift()!;
-      if (!connection.destroyed) connection.write(`${text}\n`);
-    }
-    let newline;
-    while (!closing && !holding() && (newline = buffered.indexOf(10)) !== -1) {
-      const line = buffered.subarray(0, newline);
-      buffered = buffered.subarray(newline + 1);
-      if (line.length > MAX_LINE_BYTES + 1) return refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
-      linesTaken += 1;
-      armIdle();
-      forward(line, answer());
-    }
-    if (!closing && !buffered.includes(10)) {
-      if (buffered.length > MAX_LINE_BYTES + 1) return refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
-      // A line without its newline may have been cut short: never open it.
-      if (connection.readableEnded && buffered.length > 0) {
-        buffered = Buffer.alloc(0);
-        return answer()("error incomplete line (no newline before the end of input)");
-      }
-    }
-    if (closing || !holding()) connection.resume();
-    else connection.pause();
-    if (answers.length > 0 || closing === "finishing") return;
-    if (closing === "refused" || connection.readableEnded) return finish();
-    if (buffered.length === 0 && linesTaken > 0 && !quietTimer) quietTimer = setTimeout(finish, QUIET_END_MS);
-  };
-  const finish = () => {
-    closing = "finishing";
-    finishWithout(connection);
-  };
+      this.again = false;
+      this.step();
+    } while (this.again);
+    this.running = false;
+  }
 
-  connectionsToWake.add(progress);
-  connection.on("data", (chunk: Buffer) => {
-    clearTimeout(quietTimer);
-    quietTimer = undefined;
-    if (closing) return; // discarded
-    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
-    progress();
-  });
-  connection.on("end", progress);
-  connection.on("drain", progress);
-  connection.on("error", () => connection.destroy());
-  connection.on("close", () => {
-    for (const timer of [idleTimer, quietTimer, lifetime]) clearTimeout(timer);
-    connectionsToWake.delete(progress);
-    openConnections -= 1;
-  });
+  step(): void {
+    this.writeReadyAnswers();
+    if (this.takeLines() || this.refuseUnfinishedLine()) return;
+    if (this.closing || !this.holding()) this.connection.resume();
+    else this.connection.pause();
+    if (this.answers.length > 0 || this.closing === "finishing") return;
+    // 'end' can come while the socket is paused (Bun): lines may still be waiting here.
+    if (this.closing === "refused" || (this.connection.readableEnded && !this.buffered.includes(10))) return this.finish();
+    if (this.buffered.length === 0 && this.linesTaken > 0 && !this.quietTimer) this.quietTimer = setTimeout(() => this.finish(), QUIET_END_MS);
+  }
+
+  writeReadyAnswers(): void {
+    while (this.answers.length > 0 && this.answers[0].text !== undefined) {
+      const { text } = this.answers.shift()!;
+      if (!this.connection.destroyed) this.connection.write(`${text}\n`);
+    }
+  }
+
+  // Takes complete lines while not holding; true if it refused one (this turn is over).
+  takeLines(): boolean {
+    let newline;
+    while (!this.closing && !this.holding() && (newline = this.buffered.indexOf(10)) !== -1) {
+      const line = this.buffered.subarray(0, newline);
+      this.buffered = this.buffered.subarray(newline + 1);
+      if (line.length > MAX_LINE_BYTES + 1) {
+        this.refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
+        return true;
+      }
+      this.linesTaken += 1;
+      this.armIdle();
+      // A status costs a place as a URL does: answered, then the connection ends.
+      if (isStatusLine(line)) {
+        this.closing = "refused";
+        this.buffered = Buffer.alloc(0);
+      }
+      forward(line, this.answer());
+    }
+    return false;
+  }
+
+  // An overlong partial line, or one the sender ended without its newline
+  // (it may have been cut short: never opened), is refused; true if so.
+  refuseUnfinishedLine(): boolean {
+    if (this.closing || this.buffered.includes(10)) return false;
+    if (this.buffered.length > MAX_LINE_BYTES + 1) {
+      this.refuseAndClose(`line longer than ${MAX_LINE_BYTES} bytes`);
+      return true;
+    }
+    if (!this.connection.readableEnded || this.buffered.length === 0) return false;
+    this.buffered = Buffer.alloc(0);
+    this.answer()("error incomplete line (no newline before the end of input)");
+    return true;
+  }
+
+  finish(): void {
+    this.closing = "finishing";
+    finishWithout(this.connection);
+  }
 }
 
 // Closing with the sender's bytes unread would reset the connection and lose
@@ -809,6 +865,10 @@ function finishWithout(connection: Socket): void {
 
 // ignoreBOM keeps a leading U+FEFF in the URL, to be refused like any format character.
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+function isStatusLine(line: Buffer): boolean {
+  return line.length <= 7 && line.toString("latin1").replace(/\r$/, "") === "status";
+}
 
 // The answer to a "status" line (send.ts --status), which no URL can be.
 function statusLine(): string {

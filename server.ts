@@ -545,22 +545,43 @@ function installReport(host: string, lines: string[], code: number | null, lastE
 // live in a directory only this user can enter (mkdtemp makes it 0700). ssh
 // reads a ControlPath as words with %-tokens, and socket paths are short: a
 // temporary directory with spaces or a long name gives way to /tmp. The name
-// holds this server's pid, so that a later server can tell it is left over.
+// holds this server's pid and its PID namespace, so that a later server can
+// tell it is left over (a pid means nothing in another namespace).
 function makeControlDirectory(): string {
-  const prefix = `urlserver-${process.pid}-`;
+  const prefix = `urlserver-${process.pid}-ns${pidNamespace() ?? "unknown"}-`;
   const directory = mkdtempSync(join(tmpdir(), prefix));
   if (/^[\w./-]+$/.test(directory) && directory.length <= MAX_CONTROL_DIRECTORY_LENGTH) return directory;
   rmSync(directory, { recursive: true, force: true });
   return mkdtempSync(`/tmp/${prefix}`);
 }
 
+// The PID namespace this process runs in, as Linux names it; "0" where there
+// are none; undefined where it cannot be told (no /proc).
+function pidNamespace(): string | undefined {
+  if (process.platform !== "linux") return "0";
+  try {
+    return /^pid:\[([0-9]+)\]$/.exec(readlinkSync("/proc/self/ns/pid"))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
 // A server killed with SIGKILL cannot remove its control directory. Removed
-// here: this user's own directories whose server is gone and in which no ssh
-// master answers any more (the pid alone could be another pid namespace's).
+// here, only when surely left over: this user's own directory, made by a
+// server of this PID namespace (another's pid cannot be told from here, nor
+// can a name without one, from 0.3.0) whose pid is gone, in which no ssh
+// master answers any more. Other servers may be sweeping at the same time:
+// what vanishes meanwhile is simply gone.
 async function removeLeftoverControlDirectories(): Promise<void> {
   const uid = process.getuid?.();
-  if (uid === undefined) return;
+  const namespace = pidNamespace();
+  if (uid === undefined || namespace === undefined) return;
   for (const base of new Set([tmpdir(), "/tmp"])) {
+    const unsafe = unsafeToSweep(base, uid);
+    if (unsafe) {
+      process.stderr.write(`${PROGRAM}: not removing leftover control directories in "${base}": ${unsafe}\n`);
+      continue;
+    }
     let names: string[];
     try {
       names = readdirSync(base);
@@ -568,14 +589,36 @@ async function removeLeftoverControlDirectories(): Promise<void> {
       continue;
     }
     for (const name of names) {
-      const pid = /^urlserver-([0-9]+)-[A-Za-z0-9]{6}$/.exec(name)?.[1];
-      if (!pid || Number(pid) === process.pid || processExists(Number(pid))) continue;
-      const directory = join(base, name);
-      const info = lstatSync(directory, { throwIfNoEntry: false });
-      if (!info?.isDirectory() || info.uid !== uid) continue;
-      if (await anySocketAnswers(directory)) continue;
-      rmSync(directory, { recursive: true, force: true });
+      const [, pid, ns] = /^urlserver-([0-9]+)-ns([0-9]+)-[A-Za-z0-9]{6}$/.exec(name) ?? [];
+      if (ns !== namespace || Number(pid) === process.pid || processExists(Number(pid))) continue;
+      await removeIfLeftover(join(base, name), uid);
     }
+  }
+}
+
+// Removing recursively where others may rename entries races with them: a
+// directory anyone may write without the sticky bit (or another user's) is left alone.
+function unsafeToSweep(base: string, uid: number): string | undefined {
+  let info;
+  try {
+    info = statSync(base);
+  } catch {
+    return undefined; // nothing to sweep there
+  }
+  if (info.uid !== uid && info.uid !== 0) return `it is owned by uid ${info.uid}`;
+  const othersWrite = (info.mode & 0o002) !== 0 || ((info.mode & 0o020) !== 0 && info.uid !== uid);
+  if (othersWrite && (info.mode & 0o1000) === 0) return `others may write there (mode ${(info.mode & 0o777).toString(8)}, no sticky bit)`;
+  return undefined;
+}
+
+async function removeIfLeftover(directory: string, uid: number): Promise<void> {
+  try {
+    const info = lstatSync(directory, { throwIfNoEntry: false });
+    if (!info?.isDirectory() || info.uid !== uid) return;
+    if (await anySocketAnswers(directory)) return;
+    rmSync(directory, { recursive: true, force: true });
+  } catch {
+    // Vanished meanwhile (another server swept it), or not ours to sweep.
   }
 }
 

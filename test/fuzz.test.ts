@@ -125,8 +125,10 @@ function predictSocket(payload: Buffer, ending: Ending): SocketPrediction {
   for (let newline; (newline = payload.indexOf(10, start)) !== -1; start = newline + 1) {
     const line = payload.subarray(start, newline);
     if (line.length > MAX_SOCKET_LINE_BYTES) return { answers: [...answers, TOO_LONG], closedByClient: true, urls };
+    // A status is answered, then the connection ends: nothing after it is read.
+    if (decodeStrictly(line)?.replace(/\r$/, "") === "status") return { answers: [...answers, STATUS], closedByClient: true, urls };
     const url = openableUrl(line);
-    answers.push(url !== undefined ? "ok" : decodeStrictly(line)?.replace(/\r$/, "") === "status" ? STATUS : ANY_ERROR);
+    answers.push(url !== undefined ? "ok" : ANY_ERROR);
     if (url !== undefined) urls.push(url);
   }
   const tail = payload.length - start;
