@@ -2,7 +2,7 @@
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s"); case $s in /*) ;; *) s=$PWD/$s; esac
 ":" //; x() { for r; do case $r in /*) [ -f "$r" ] && [ -x "$r" ] && return;; */*) ;; ?*) command -v "$r" >/dev/null && return;; esac; done; false; }
 ":" //; p=$HOME/.local/share/urlserver/runtime; [ -d "$p" ] && { m=; for r in /lib/ld-musl-*; do [ -e "$r" ] && m=-musl; done; p=$p/$(uname -s)-$(uname -m)$m/bin; }
-":" //; x deno "$HOME/.deno/bin/deno" "$HOME/.local/bin/deno" "$p/deno" && exec "$r" run --no-prompt --no-config --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
+":" //; x deno "$HOME/.deno/bin/deno" "$HOME/.local/bin/deno" "$p/deno" && exec "$r" run --no-prompt --no-config --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX,TMUX_PANE,NODE_V8_COVERAGE --allow-run=tmux --allow-sys=uid "$s" "$@"
 ":" //; export URLSERVER_CWD="$PWD"; cd / || exit 70
 ":" //; x bun "$HOME/.bun/bin/bun" "$HOME/.local/bin/bun" "$p/bun" && exec "$r" "$s" -- "$@"
 ":" //; b=0; N=; for r in "${NVM_DIR:-$HOME/.nvm}"/versions/node/v*/bin/node; do v=${r%/bin/node}; v=${v##*/v}; M=${v%%.*}; v=${v#*.}; m=${v%.*}; v=${v#*.}
@@ -26,41 +26,55 @@
 //   npx tsx send.ts URL...                       Node 20+ with tsx
 //   node send.ts URL...                          Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \
-//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid send.ts URL...
+//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX,TMUX_PANE,NODE_V8_COVERAGE \
+//     --allow-run=tmux --allow-sys=uid send.ts URL...
 //   bun send.ts URL...           (Bun drops a "--" right after the script name)
+// (Deno runs tmux only to ask it for SSH_CONNECTION; its child_process reads
+// NODE_V8_COVERAGE.)
+//
+// With several desktops serving this host, each URL goes to the one this
+// session came from (its SSH_CONNECTION, asked of tmux inside tmux), else to
+// the newest; URLSERVER_DESKTOP=NAME picks one.
 //
 // Exit codes: 0 every URL opened (--status: a desktop is connected), 64 usage,
 // 65 a URL was refused (by the desktop, or here: one argument is one URL),
-// 69 no server is connected on this host (or it went away; or the first lines
-// found no runtime here, and print each URL), 70 internal error, 75 timed
-// out, 77 the socket is not the user's own, or a directory on the way lets
-// others swap it, or permission is denied on the way (nothing is sent),
-// 128+N signal N.
+// 69 no server is connected on this host (or it went away, or no desktop of
+// the URLSERVER_DESKTOP name is connected; or the first lines found no
+// runtime here, and print each URL), 70 internal error, 75 timed out, 77 the
+// socket is not the user's own, or a directory on the way lets others swap
+// it, or permission is denied on the way (nothing is sent), 128+N signal N.
 
-import { lstatSync, mkdirSync, realpathSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { lstatSync, mkdirSync, readdirSync, realpathSync } from "node:fs";
 import { connect } from "node:net";
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 
 const PROGRAM = "send";
-const USAGE = `Usage: send.ts [--socket PATH] [--timeout SECONDS] URL...
+const USAGE = `Usage: send.ts [--socket PATH] [--timeout SECONDS] [--verbose] URL...
        send.ts --status
 
 Open each URL in the browser on the desktop that runs server.ts for this host.
 Exits 0 once the desktop has opened every URL; otherwise says
 why and prints each URL not opened on stderr, to be copied by hand.
+With several desktops serving this host: the one this session came from (by
+its address in SSH_CONNECTION), else the newest.
 
 Options:
   --socket PATH       the client's socket (default: $URLSERVER_SOCKET, else
                       $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   --timeout SECONDS   give up waiting for the desktop after this long, from 1
                       to 2147483 (default: 10)
-  --status            say whether a desktop is connected on this host, and since when
+  --status            say whether a desktop is connected on this host, and since
+                      when; every desktop, with several, and which one is used
+  --verbose           say which desktop opened the URLs
   -h, --help          show this help
   --version           print the version, and the runtime running this and its path
   --                  end of options: what follows is a URL even if it starts with -
 
-Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
+Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above; URLSERVER_DESKTOP=NAME
+picks the desktop of that name; SSH_CONNECTION (from sshd, or from tmux when
+TMUX is set) says which desktop this session came from.
 
 Examples:
   export BROWSER=~/send.ts                 programs that honour $BROWSER use it
@@ -68,9 +82,10 @@ Examples:
   send.ts --status || echo "no desktop"    in a prompt or a script
 
 Exit codes: 0 all opened (or, with --status, a desktop is connected), 64 usage,
-65 a URL was refused, 69 no server connected on this host, 70 internal error,
-75 timed out, 77 the socket or a directory on the way is not the user's own,
-or permission is denied on the way (nothing was sent), 128+N ended by signal N
+65 a URL was refused, 69 no server connected on this host (or no desktop named
+URLSERVER_DESKTOP), 70 internal error, 75 timed out, 77 the socket or a
+directory on the way is not the user's own, or permission is denied on the way
+(nothing was sent), 128+N ended by signal N
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
@@ -131,6 +146,7 @@ async function main(argv: string[]): Promise<number> {
   let timeoutSeconds: number;
   let urls: string[];
   let status: boolean;
+  let verbose: boolean;
   try {
     const { values, positionals } = parseArgs({
       args: argv,
@@ -140,6 +156,7 @@ async function main(argv: string[]): Promise<number> {
         socket: { type: "string" },
         timeout: { type: "string", default: "10" },
         status: { type: "boolean", default: false },
+        verbose: { type: "boolean", default: false },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean" },
       },
@@ -154,6 +171,7 @@ async function main(argv: string[]): Promise<number> {
       throw new Error(`--timeout needs a number of seconds from 1 to ${MAX_TIMEOUT_SECONDS}, not "${values.timeout}"`);
     }
     status = values.status;
+    verbose = values.verbose;
     if (status && positionals.length > 0) throw new Error("--status takes no URL");
     if (!status && positionals.length === 0) throw new Error("missing URL");
     socketPath = values.socket || process.env.URLSERVER_SOCKET ||
@@ -163,17 +181,26 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "send.ts --help" for usage.\n`);
     return 64;
   }
-  const found = checkSocket(socketPath);
+  // No socket at PATH is no reason not to look for the clients' own (see Several desktops).
+  const checked = checkSocket(socketPath);
+  const refusal = "code" in checked && checked.code !== 69 ? checked : undefined;
+  const route = refusal ? undefined : await chooseDesktop(socketPath, status);
   if (status) {
-    if ("code" in found) return report(`no desktop is connected on this host: ${found.message}`, found.code);
-    return reportStatus(await exchange(socketPath, found, ["status"], timeoutSeconds));
+    if (refusal) return report(`no desktop is connected on this host: ${refusal.message}`, refusal.code);
+    if (route!.refusal) return report(`no desktop is connected on this host: ${route!.refusal.message}`, route!.refusal.code);
+    // One desktop that holds PATH keeps the one-line answer of a single desktop.
+    const [only, ...others] = route!.desktops;
+    if (others.length > 0 || (only && !only.holdsPath)) return reportDesktops(route!);
+    return reportStatus(await exchangeChecked(socketPath, ["status"], timeoutSeconds));
   }
   // One argument is one URL: one that is not is refused here, never sent.
   const answers = urls.map(notOneUrl);
   const sent = urls.flatMap((url, i) => answers[i] === undefined ? [i] : []);
-  const outcome: Outcome = "code" in found ? { answers: [], failure: () => found }
-    : sent.length ? await exchange(socketPath, found, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
+  const failure = refusal ?? route!.refusal;
+  const outcome: Outcome = failure ? { answers: [], failure: () => failure }
+    : sent.length ? await exchangeChecked(route!.path, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
   outcome.answers.forEach((answer, k) => { answers[sent[k]] = answer; });
+  if (verbose && outcome.answers.includes("ok")) await reportWhere(route!, urls, answers);
   return reportDelivery(urls, answers, outcome.failure?.(quoted(urls[sent[outcome.answers.length]] ?? "")));
 }
 
@@ -268,6 +295,118 @@ function sameSocket(socketPath: string, found: Found): Refusal | undefined {
   return { code: 77, message: `refusing to use socket "${socketPath}": it was replaced while connecting` };
 }
 
+// Several desktops: each client also listens on a socket of its own in
+// PATH.d/ (see client.ts), and PATH is the newest one's. A session goes to
+// the desktop it came from, by the address in its SSH_CONNECTION; else to
+// PATH's. An address only picks among the user's own sockets, each checked
+// as PATH is; it never adds one.
+const CLIENT_SOCKET_NAME = /^[0-9a-z]{1,12}-[0-9]{1,10}$/;
+// Asking each client who it is: a client that does not answer soon is skipped.
+const ASK_TIMEOUT_SECONDS = 2;
+const TMUX_TIMEOUT_MS = 1000;
+
+type Desktop = { path: string; name: string; address: string; since: string; pid: string; runtime: string; holdsPath: boolean };
+type Route = { path: string; desktops: Desktop[]; chosen?: Desktop; address?: string; refusal?: Refusal };
+
+// With one client (or clients of an older version, without PATH.d) and no
+// URLSERVER_DESKTOP, PATH at once, asking nobody. --status asks them all.
+async function chooseDesktop(socketPath: string, all: boolean): Promise<Route> {
+  const named = process.env.URLSERVER_DESKTOP;
+  const clients = clientSockets(socketPath);
+  if (!Array.isArray(clients)) return { path: socketPath, desktops: [], refusal: clients };
+  if ((!named || all) && clients.length < 2) return { path: socketPath, desktops: [] };
+  const desktops = await askDesktops(socketPath, clients);
+  if (named) {
+    const chosen = desktops.find((desktop) => desktop.name === named);
+    if (chosen || all) return { path: chosen?.path ?? socketPath, desktops, chosen };
+    const connected = desktops.map((desktop) => quoted(desktop.name)).join(", ") || "none";
+    return { path: socketPath, desktops, refusal: { code: 69, message: `no desktop named ${quoted(named)} is connected on this host (connected: ${connected})` } };
+  }
+  const address = desktopAddress(await sessionConnection());
+  const fromHere = desktops.filter((desktop) => address && desktop.address === address);
+  // The newest first: desktops behind one NAT, or a shared jump host, look alike.
+  const chosen = fromHere.find((desktop) => desktop.holdsPath) ?? fromHere[0] ??
+    desktops.find((desktop) => desktop.holdsPath) ?? desktops[0];
+  const path = !chosen || (chosen.holdsPath && !fromHere.length) ? socketPath : chosen.path;
+  return { path, desktops, chosen, address };
+}
+
+// The client sockets in PATH.d, newest first; a refusal if PATH.d is not the user's own.
+function clientSockets(socketPath: string): string[] | Refusal {
+  const directory = `${socketPath}.d`;
+  const uid = process.getuid?.();
+  const info = lstatSync(directory, { throwIfNoEntry: false });
+  if (!info) return [];
+  const why = !info.isDirectory() ? "it is not a directory"
+    : uid !== undefined && info.uid !== uid ? `it is owned by uid ${info.uid}, not ${uid}`
+    : (info.mode & 0o077) !== 0 ? `its mode ${(info.mode & 0o777).toString(8)} lets others in` : undefined;
+  if (why) return { code: 77, message: `refusing to use socket directory "${directory}": ${why}` };
+  return readdirSync(directory).filter((name) => CLIENT_SOCKET_NAME.test(name)).sort().reverse().map((name) => `${directory}/${name}`);
+}
+
+// Each client that is the user's own and answers, newest first, as it describes itself.
+async function askDesktops(socketPath: string, clients: string[]): Promise<Desktop[]> {
+  const holder = lstatSync(socketPath, { throwIfNoEntry: false });
+  const desktops = await Promise.all(clients.map(async (path): Promise<Desktop | undefined> => {
+    const info = lstatSync(path, { throwIfNoEntry: false });
+    if (!info) return undefined;
+    // Checked as PATH is: another user's socket here is never written to.
+    const [answer] = (await exchangeChecked(path, ["status"], ASK_TIMEOUT_SECONDS)).answers;
+    if (!answer?.startsWith("ok ")) return undefined;
+    const fields = new URLSearchParams(answer.slice(3).replaceAll(" ", "&"));
+    const field = (name: string) => fields.get(name) ?? "";
+    const holdsPath = holder !== undefined && holder.dev === info.dev && holder.ino === info.ino;
+    return { path, name: field("desktop"), address: desktopAddress(field("address")), since: field("since"),
+      pid: field("pid"), runtime: field("runtime"), holdsPath };
+  }));
+  return desktops.filter((desktop) => desktop !== undefined);
+}
+
+// Inside tmux a shell's environment is as old as the shell; tmux updates the
+// session's SSH_CONNECTION on each attach: that one is asked, briefly.
+// "-SSH_CONNECTION" is an attach without ssh: no address.
+async function sessionConnection(): Promise<string | undefined> {
+  if (!process.env.TMUX) return process.env.SSH_CONNECTION;
+  const fromTmux = await new Promise<string | undefined>((resolve) => {
+    // Only what tmux needs to find its server and our pane (Deno allows no more).
+    const env = { TMUX: process.env.TMUX, TMUX_PANE: process.env.TMUX_PANE ?? "" };
+    execFile("tmux", ["show-environment", "SSH_CONNECTION"], { timeout: TMUX_TIMEOUT_MS, encoding: "utf8", env }, (error, stdout) => {
+      const line = stdout.split("\n")[0];
+      resolve(error ? undefined : line === "-SSH_CONNECTION" ? "" : /^SSH_CONNECTION=(.*)$/.exec(line)?.[1]);
+    });
+  });
+  return fromTmux ?? process.env.SSH_CONNECTION;
+}
+
+// The first field of SSH_CONNECTION: the address the session came from.
+function desktopAddress(connection: string | undefined): string {
+  const address = connection?.split(" ")[0] ?? "";
+  return /^[\w.:%-]{1,64}$/.test(address) ? address : "";
+}
+
+// --verbose: which desktop opened the URLs (asked of the client if not yet known).
+async function reportWhere(route: Route, urls: string[], answers: Array<string | undefined>): Promise<void> {
+  let name = route.chosen?.name;
+  if (name === undefined) {
+    const [answer] = (await exchangeChecked(route.path, ["status"], ASK_TIMEOUT_SECONDS)).answers;
+    name = answer?.startsWith("ok ") ? new URLSearchParams(answer.slice(3).replaceAll(" ", "&")).get("desktop") ?? "?" : "?";
+  }
+  urls.forEach((url, i) => {
+    if (answers[i] === "ok") process.stderr.write(`${PROGRAM}: opened ${quoted(url)} on desktop ${quoted(name)}\n`);
+  });
+}
+
+// --status with several desktops: one line each, newest first.
+function reportDesktops(route: Route): number {
+  for (const desktop of route.desktops) {
+    const marks = [desktop.address ? `from ${printable(desktop.address)}` : "from an unknown address",
+      ...(desktop.holdsPath ? ["the default"] : []), ...(desktop === route.chosen ? ["used by this session"] : [])];
+    process.stdout.write(`connected to desktop ${quoted(desktop.name)} since ${printable(desktop.since)}` +
+      ` (client pid ${printable(desktop.pid)} on ${printable(desktop.runtime)}), ${marks.join(", ")}\n`);
+  }
+  return 0;
+}
+
 // The socket protocol is a URL per line, and the line "status" asks for the
 // status: an argument with a line break would be two URLs.
 function notOneUrl(url: string): string | undefined {
@@ -278,6 +417,19 @@ function notOneUrl(url: string): string | undefined {
 
 // The answers received, in order, and what cut the exchange short if anything did.
 type Outcome = { answers: string[]; failure?: (pending: string) => { code: number; message: string } };
+
+// checkSocket, then exchange. A client taking the path over renames its
+// socket there (see Several desktops): a socket replaced while connecting,
+// nothing written yet, is checked and connected to again, twice at most.
+async function exchangeChecked(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
+  for (let attempt = 1; ; attempt++) {
+    const found = checkSocket(socketPath);
+    if ("code" in found) return { answers: [], failure: () => found };
+    const outcome = await exchange(socketPath, found, lines, timeoutSeconds);
+    const replaced = outcome.answers.length === 0 && outcome.failure?.("").message.endsWith(": it was replaced while connecting");
+    if (!replaced || attempt === 3) return outcome;
+  }
+}
 
 // Writes every line, half-closes, then reads one answer per line, in order.
 function exchange(socketPath: string, found: Found, lines: string[], timeoutSeconds: number): Promise<Outcome> {
