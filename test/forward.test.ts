@@ -118,8 +118,8 @@ test("an ssh master that never answers a forward request: refused after 10 s, th
   const result = await sending;
   assert.equal(result.code, 65, result.stderr);
   assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: forwarding desktop port 8125 took longer than 10 s`], [url]));
-  assert.ok(result.ms >= 9900 && result.ms < 15_000, `refused after ${Math.round(result.ms)} ms`);
-  await waitUntil(() => !isAlive(request), 2000, "the hung forward request to be killed");
+  assert.ok(result.ms >= 9900 && result.ms < 25_000, `refused after ${Math.round(result.ms)} ms`);
+  await waitUntil(() => !isAlive(request), 5000, "the hung forward request to be killed");
   const after = await send(t, session, ["https://example.org/still-served"]);
   assert.equal(after.code, 0, after.stderr);
 });

@@ -166,11 +166,12 @@ describe("--reconnect", { concurrency: true }, () => {
       assert.ok(exit.at - signalled < PROMPT_MS, `the server took ${Math.round(exit.at - signalled)} ms`);
     });
 
-  test("an attempt whose client never says hello is given up after 2 min, saying so", { timeout: 150_000 }, async (t) => {
+  test("an attempt whose client never says hello is given up after 2 min, saying so", { timeout: 160_000 }, async (t) => {
     // Reads the channel and never answers; ends when the fake ssh, and so its input, goes.
-    const result = await run(t, "server.ts", ["--ssh", FAKE_SSH, "--remote-command", "exec cat >/dev/null", "build1"], { timeoutMs: 135_000 });
+    const result = await run(t, "server.ts", ["--ssh", FAKE_SSH, "--remote-command", "exec cat >/dev/null", "build1"], { timeoutMs: 145_000 });
     assert.equal(result.code, 69);
     assert.match(result.stderr, /^\S+Z build1: cannot connect: no hello from the client within 120 s$/);
-    assert.ok(result.ms > 119_000 && result.ms < 125_000, `gave up after ${Math.round(result.ms)} ms`);
+    // Not before the 2 min; the process's start under load may add seconds.
+    assert.ok(result.ms > 119_000 && result.ms < 135_000, `gave up after ${Math.round(result.ms)} ms`);
   });
 });

@@ -15,8 +15,9 @@ import type { Session } from "./helpers.ts";
 import { commandOf, parentOf, startSshd } from "./fixtures/sshd.ts";
 
 const PROMPT_MS = 1000;
-// Both ends must be gone within this long of the partition at --keepalive 1.
-const PARTITION_MS = 6000;
+// Both ends must be gone within this long of the partition at --keepalive 1:
+// 3 s, and room for late timers on a loaded machine.
+const PARTITION_MS = 8000;
 
 async function realSession(t: TestContext, extraArgs: string[] = [], options: { clientAliveInterval?: number } = {}) {
   const sshd = await startSshd(t, options);
@@ -102,7 +103,7 @@ test("over real ssh: server killed with SIGKILL, client exits within 1 s", { tim
 });
 
 for (const clientAliveInterval of [0, 1]) {
-  test(`over real ssh: network partition with sshd ClientAliveInterval ${clientAliveInterval}, both ends gone within 6 s at --keepalive 1`, { timeout: 40_000 }, async (t) => {
+  test(`over real ssh: network partition with sshd ClientAliveInterval ${clientAliveInterval}, both ends gone within 8 s at --keepalive 1`, { timeout: 40_000 }, async (t) => {
     const real = await realSession(t, ["--keepalive", "1"], { clientAliveInterval });
     if (!real) return;
     const { session, sshd } = real;
@@ -121,7 +122,8 @@ for (const clientAliveInterval of [0, 1]) {
 async function sendFailsAtOnce(t: TestContext, session: Session) {
   const result = await send(t, session, ["https://example.org/after-partition"]);
   assert.equal(result.code, 69);
-  // "Within a second", plus starting node with tsx on a busy test machine.
-  assert.ok(result.ms < 1500, `send.ts took ${Math.round(result.ms)} ms`);
+  // At once, not after its 10 s --timeout: starting node with tsx on a loaded
+  // test machine takes seconds of that.
+  assert.ok(result.ms < 5000, `send.ts took ${Math.round(result.ms)} ms`);
   assert.equal(result.stderr, notOpened([`send: cannot connect to "${session.socket}": no server is connected on this host`], ["https://example.org/after-partition"]));
 }
