@@ -1282,15 +1282,17 @@ function rateLimiter(perSecond: number, burst: number): () => boolean {
 }
 
 // The opener gets the URL byte for byte as its last argument, with no shell.
-// It is detached with its output ignored: some openers live as long as the
-// browser, and Ctrl-C here must not reach the browser. The URL counts as
-// opened when the opener exits 0, or is still running after OPENER_WAIT_MS
-// (a browser that stays in the foreground); an opener that fails sooner (an
-// xdg-open that finds no browser exits 3) is a refusal the sender hears of.
+// It is detached: some openers live as long as the browser, and Ctrl-C here
+// must not reach the browser. The URL counts as opened when the opener exits
+// 0, or is still running after OPENER_WAIT_MS (a browser that stays in the
+// foreground); an opener that fails sooner (an xdg-open that finds no browser
+// exits 3) is a refusal the sender hears of, with the opener's last line.
+// One line per URL: the opener's exit is said only when it tells something.
 // asSent is the URL as the remote sent it, when its port was moved.
 function openUrl(url: string, host: string, options: Options, answer: (refusal?: string) => void, note = "", asSent = url): void {
   const [program, ...args] = options.browser;
-  const child = spawn(program, [...args, url], { detached: true, stdio: "ignore" });
+  const child = spawn(program, [...args, url], { detached: true, stdio: ["ignore", "ignore", "pipe"] });
+  const said = openerWords(child);
   let decided = false;
   const decide = (refusal?: string, how = "") => {
     if (decided) return;
@@ -1307,13 +1309,48 @@ function openUrl(url: string, host: string, options: Options, answer: (refusal?:
     answer();
   };
   const waiting = setTimeout(() => decide(undefined, `, still running after ${OPENER_WAIT_MS / 1000} s`), OPENER_WAIT_MS);
-  child.on("error", (error) => decide(`the desktop cannot run its opener "${program}" (${error.message}): ` +
-    "choose one with server.ts --browser PROGRAM or URLSERVER_BROWSER"));
+  child.on("error", (error) => decide(`the desktop cannot run its opener "${program}" (${error.message}): ${CHOOSE_OPENER}`));
   child.on("exit", (code, signal) => {
-    decide(code === 0 ? undefined : `the desktop's opener "${program}" failed (${signal ?? `exit ${code}`})`, ", exit 0");
-    log(host, `${program} (pid ${child.pid}) exited with ${signal ?? `status ${code}`}`);
+    const status = signal ?? `exit ${code}`;
+    if (code === 0) return decide(undefined, ", exit 0");
+    // A browser that failed after it counted as opened: worth a line of its own.
+    if (decided) return said.last().then((last) => log(host, `${program} (pid ${child.pid}) exited with ${signal ?? `status ${code}`}${last ? `: ${last}` : ""}`));
+    clearTimeout(waiting);
+    said.last().then((last) => decide(`the desktop's opener "${program}" failed (${status}${last ? `: ${last}` : ""}): ${CHOOSE_OPENER}`));
   });
   child.unref();
+}
+
+const CHOOSE_OPENER = "choose one with server.ts --browser PROGRAM or URLSERVER_BROWSER";
+// Of the opener's stderr only its last line is kept, this much of it, escaped.
+const MAX_OPENER_LINE_BYTES = 200;
+// How long an opener that has exited is given to say its last word: the
+// browser it started may hold its stderr open for good.
+const OPENER_LAST_WORD_MS = 200;
+
+// The opener's stderr, read to its end however long a browser holds it, so
+// that nothing it writes there fails; only the last line is kept.
+function openerWords(child: ChildProcess): { last: () => Promise<string> } {
+  let last = "";
+  let ended = false;
+  const stderr = child.stderr!;
+  readLines(stderr, MAX_OPENER_LINE_BYTES, (line, length) => {
+    const text = printable(cut(line, length, MAX_OPENER_LINE_BYTES)).trim();
+    if (text) last = text;
+  }, true);
+  stderr.on("end", () => { ended = true; });
+  // The pipe must not keep the server from exiting when a browser holds it.
+  (stderr as { unref?: () => void }).unref?.();
+  return {
+    last: () => new Promise((resolve) => {
+      if (ended) return resolve(last);
+      const timer = setTimeout(() => resolve(last), OPENER_LAST_WORD_MS);
+      stderr.once("end", () => {
+        clearTimeout(timer);
+        resolve(last);
+      });
+    }),
+  };
 }
 
 function notify(notifier: string[], host: string, url: string): void {

@@ -36,10 +36,10 @@ async function untilClosed(raw: ReturnType<typeof connectRaw>, timeoutMs: number
   return raw.answers.seen;
 }
 
-/** Waits until every opener the server started has exited, so the browser log is complete. */
+/** Waits until the server has decided on every opener it started, so the browser log is complete. */
 async function openersDone(session: { server: Proc }, count: number) {
-  const exits = () => session.server.stderr.seen.filter((line) => / \(pid \d+\) exited with status 0$/.test(line)).length;
-  await waitUntil(() => exits() >= count, 5000, `${count} opener runs to end; server said:\n${session.server.stderr.text()}`);
+  const opens = () => session.server.stderr.seen.filter((line) => /: opened "/.test(line)).length;
+  await waitUntil(() => opens() >= count, 5000, `${count} opener runs to end; server said:\n${session.server.stderr.text()}`);
 }
 
 /** Waits for the browser log to hold count runs, then for all openers to end. */
