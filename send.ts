@@ -136,7 +136,7 @@ async function main(argv: string[]): Promise<number> {
   const refusal = socketRefusal(socketPath);
   if (status) {
     if (refusal) return report(`no desktop is connected on this host: ${refusal.message}`, refusal.code);
-    return reportStatus(await exchange(socketPath, ["status"], timeoutSeconds));
+    return reportStatus(await exchange(socketPath, ["status"], timeoutSeconds), socketPath);
   }
   // One argument is one URL: one that is not is refused here, never sent.
   const answers = urls.map(notOneUrl);
@@ -188,8 +188,12 @@ function notOneUrl(url: string): string | undefined {
   return undefined;
 }
 
-// The answers received, in order, and what cut the exchange short if anything did.
-type Outcome = { answers: string[]; failure?: (pending: string) => { code: number; message: string } };
+// The answers received, in order, and what cut the exchange short if anything did
+// (noServer: nothing listens on the socket).
+type Outcome = { answers: string[]; failure?: (pending: string) => { code: number; message: string; noServer?: boolean } };
+
+// What to do when no server is connected: HOST as the desktop's ssh reaches this host.
+const START_SERVER = 'on the desktop, run "server.ts HOST" with this host\'s name';
 
 // Writes every line, half-closes, then reads one answer per line, in order.
 function exchange(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
@@ -216,7 +220,8 @@ function exchange(socketPath: string, lines: string[], timeoutSeconds: number): 
     socket.on("error", (error: NodeJS.ErrnoException) => {
       if (connected) return finish(() => ({ code: 69, message: `lost the connection to "${socketPath}": ${error.message}` }));
       const noServer = error.code === "ENOENT" || error.code === "ECONNREFUSED";
-      finish(() => ({ code: 69, message: `cannot connect to "${socketPath}": ${noServer ? "no server is connected on this host" : error.message}` }));
+      finish(() => ({ code: 69, noServer,
+        message: `cannot connect to "${socketPath}": ${noServer ? `no server is connected on this host: ${START_SERVER}` : error.message}` }));
     });
     socket.setEncoding("utf8");
     socket.on("data", (chunk: string) => {
@@ -271,7 +276,7 @@ function quoted(text: string): string {
   return printable(JSON.stringify(text));
 }
 
-function reportStatus(outcome: Outcome): number {
+function reportStatus(outcome: Outcome, socketPath: string): number {
   const [answer] = outcome.answers;
   if (answer?.startsWith("ok ")) {
     const fields = new URLSearchParams(answer.slice(3).replaceAll(" ", "&"));
@@ -280,7 +285,10 @@ function reportStatus(outcome: Outcome): number {
       ` (client pid ${field("pid")} on ${field("runtime")})\n`);
     return 0;
   }
-  const why = answer ? printable(answer.replace(/^error ?/, "")) : outcome.failure?.("the status").message;
+  const failure = answer ? undefined : outcome.failure?.("the status");
+  // The reason once: "no server is connected" is what "no desktop" already says.
+  const why = answer ? printable(answer.replace(/^error ?/, ""))
+    : failure?.noServer ? `nothing listens on "${socketPath}": ${START_SERVER}` : failure?.message;
   return report(`no desktop is connected on this host: ${why}`, 69);
 }
 

@@ -7,7 +7,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import {
-  clientExitsWithin, isAlive, killIfAlive, notOpened, send, serverExitsWithin, startScript, startSession, tempDir, waitForExit, waitUntil,
+  START_SERVER, clientExitsWithin, isAlive, killIfAlive, notOpened, send, serverExitsWithin, startScript, startSession, tempDir, waitForExit, waitUntil,
 } from "./helpers.ts";
 
 // The product's promise for every row but the silent network.
@@ -132,7 +132,7 @@ test("network silently broken (ssh frozen): both ends exit within 3 x keepalive;
   // At once: not after waiting out its 10 s --timeout (starting node with tsx
   // on a loaded machine takes seconds of that).
   assert.ok(result.ms < 5000, `send.ts took ${Math.round(result.ms)} ms to fail`);
-  assert.equal(result.stderr, notOpened([`send: cannot connect to "${session.socket}": no server is connected on this host`], ["https://example.org/too-late"]));
+  assert.equal(result.stderr, notOpened([`send: cannot connect to "${session.socket}": no server is connected on this host: ${START_SERVER}`], ["https://example.org/too-late"]));
 });
 
 test("server's stderr closed (EPIPE): server exits 141 at its next log line, client exits, socket removed", { timeout: 20_000 }, async (t) => {

