@@ -742,6 +742,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       if (why) log(host, `disconnected: ${why}`);
       session.stop();
       beforeHello.stop();
+      if (controlPath) forwardsAsked.delete(controlPath);
       child.kill("SIGTERM");
       live.delete(child);
       resolve(ending);
@@ -754,17 +755,17 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       const why = `cannot run "${options.local ? "sh" : options.ssh}": ${error.message}`;
       return beforeHello.greeted ? end(69, why, true) : beforeHello.fail(why, true);
     });
-    child.on("exit", (code, signal) => beforeHello.greeted ? end(69, `${what} exited with ${signal ?? `status ${code}`}`)
-      : beforeHello.exited(code, signal));
-    child.stdout.on("end", () => beforeHello.greeted ? end(69, "the client's output ended (client or connection gone)")
-      : beforeHello.outputEnded());
+    child.on("exit", (code, signal) => afterOwnSignals(() => beforeHello.greeted
+      ? end(69, `${what} exited with ${signal ?? `status ${code}`}`) : beforeHello.exited(code, signal)));
+    child.stdout.on("end", () => afterOwnSignals(() => beforeHello.greeted
+      ? end(69, "the client's output ended (client or connection gone)") : beforeHello.outputEnded()));
     child.stdin.on("error", () => { /* the exit or end above reports it */ });
-    // The remote side's own messages: bounded, budgeted, made safe for the terminal.
+    // The remote side's own messages, and ssh's: bounded, budgeted, made safe for the terminal.
     readLines(child.stderr, MAX_REMOTE_LINE_BYTES, (line, length) => {
       const text = printable(cut(line, length, MAX_REMOTE_LINE_BYTES));
-      if (!beforeHello.hold(text, "stderr") && state.budget.allows("remote")) log(host, `remote: ${text}`);
+      if (!beforeHello.hold(text, "stderr")) showStderrLine(host, text, !options.local, controlPath, state.budget);
     }, true);
-    child.stderr.on("end", () => beforeHello.stderrEnded());
+    child.stderr.on("end", () => afterOwnSignals(() => beforeHello.stderrEnded()));
     readLines(child.stdout, MAX_CHANNEL_LINE_BYTES, (line, length) => {
       if (length > MAX_CHANNEL_LINE_BYTES) session.onLine(line.subarray(0, LINE_HEAD_BYTES).toString(), `a ${length}-byte line is too long`);
       else decodeLine(line, session.onLine);
@@ -772,6 +773,43 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
     child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}` +
       ` desktop=${encodeURIComponent(hostname())} version=${VERSION}\n`);
   });
+}
+
+// Ctrl-C in the terminal signals ssh too (it is in the same process group,
+// and must stay there to ask for a password): its end is looked at a moment
+// later, so that a server being stopped says "stopping" and nothing else.
+// Not a session of its own for ssh: /dev/tty would be gone for its prompts.
+const OWN_SIGNAL_GRACE_MS = 100;
+
+function afterOwnSignals(then: () => void): void {
+  setTimeout(then, OWN_SIGNAL_GRACE_MS);
+}
+
+// ssh's own lines on its stderr, told from the remote side's by their words
+// (the remote side could imitate them: all it gains is the label): OpenSSH's
+// errors and notices, the function-prefixed ones included.
+const SSH_OWN_LINE = new RegExp("^(bind \\[[^\\]]*\\]:\\d+: |channel_setup_fwd_listener_tcpip: |mux_[a-z_]+: |channel \\d+: |" +
+  "client_loop: |Connection to \\S+ closed|Shared connection to \\S+ closed|Timeout, server \\S+ not responding|" +
+  "Warning: Permanently added |Read from remote host |packet_write_wait: |Connection closed by |Transferred: )");
+// Its words for a forward that could not listen, and the desktop port they name.
+const FORWARD_FAILED = /^(?:bind \[[^\]]*\]:(\d+): |channel_setup_fwd_listener_tcpip: cannot listen to port: (\d+)$|mux_master_process_open_fwd: .*?forward (?:\[[^\]]*\]|[^\s:]*):(\d+)\b)/;
+// Its line as it dies of a signal: said in the line about the connection's end.
+const KILLED_BY_SIGNAL = /^Killed by signal \d+\.?$/;
+// The desktop ports each control socket's master was asked to forward, and when.
+const forwardsAsked = new Map<string, Map<number, number>>();
+
+// A line of ssh's stderr after the hello: ssh's own ("ssh:"), or the remote
+// side's ("remote:"). A forward that failed for a port this server asked for
+// is not shown: the URL's own line says what became of it (another port, or
+// a refusal), and a port moved as expected is no error.
+function showStderrLine(host: string, text: string, viaSsh: boolean, controlPath: string | undefined, budget: LogBudget): void {
+  if (viaSsh && KILLED_BY_SIGNAL.test(text)) return;
+  const own = viaSsh && SSH_OWN_LINE.test(text);
+  const failed = own && controlPath ? FORWARD_FAILED.exec(text) : null;
+  const port = failed ? Number(failed[1] ?? failed[2] ?? failed[3]) : undefined;
+  const askedAt = port === undefined ? undefined : forwardsAsked.get(controlPath!)?.get(port);
+  if (askedAt !== undefined && Date.now() - askedAt < 2 * FORWARD_TIMEOUT_MS) return;
+  if (budget.allows("remote")) log(host, `${own ? "ssh" : "remote"}: ${text}`);
 }
 
 // A connection that ended before the client's hello: the line that says why,
@@ -816,7 +854,7 @@ function helloWait(host: string, options: Options, budget: LogBudget, fail: (fai
   const show = () => {
     if (notKept > 0 && budget.allows("remote")) log(host, `… ${notKept} earlier remote lines before the hello, not kept`);
     notKept = 0;
-    for (const line of held.splice(0)) if (budget.allows("remote")) log(host, `remote: ${line}`);
+    for (const line of held.splice(0)) if (budget.allows("remote")) log(host, `${!options.local && SSH_OWN_LINE.test(line) ? "ssh" : "remote"}: ${line}`);
   };
   // ssh has exited, and said its last word (or has had the time to).
   const failExited = () => {
@@ -1242,6 +1280,7 @@ type MasterAnswer = "done" | "in use" | { refusal: string };
 function askMaster(ssh: string, controlPath: string, host: string, operation: "forward" | "cancel", spec: string,
   desktopPort: number, live: Set<ChildProcess>): Promise<MasterAnswer> {
   const child = spawn(ssh, ["-S", controlPath, "-O", operation, "-L", spec, "--", host], { stdio: ["ignore", "ignore", "pipe"] });
+  forwardsAsked.set(controlPath, (forwardsAsked.get(controlPath) ?? new Map()).set(desktopPort, Date.now()));
   live.add(child);
   let said = "";
   child.stderr.setEncoding("utf8");

@@ -360,6 +360,9 @@ test("over real ssh: localhost is forwarded on 127.0.0.1 and ::1; with the deskt
   for (const address of ["127.0.0.1", "[::1]"]) assert.equal((await fetchOnDesktop(t, forwarding, 8151, address)).body, TOKEN, address);
   // Half a forward is none: 127.0.0.1:8150, free, was given back when ::1 turned out taken.
   assert.equal((await fetchOnDesktop(t, forwarding, 8150, "127.0.0.1")).error, "ECONNREFUSED");
+  // The master's own words for the port it could not listen on (bind, cannot
+  // listen, mux_master_process_open_fwd ... failed) are no error here, nor remote output.
+  assert.deepEqual(session.server.stderr.seen.filter((line) => / (remote|ssh): /.test(line)), []);
   assert.equal((await fetchOnDesktop(t, forwarding, 8150, "[::1]")).body, "the desktop's own server");
 
   const oauth = "https://auth.example/authorize?redirect_uri=http%3A%2F%2Flocalhost%3A8150%2Fcb";

@@ -77,6 +77,8 @@ test("over real ssh: sshd's session process killed, both ends exit within 1 s", 
   process.kill(sessionProcess, "SIGKILL");
   const exit = await serverExitsWithin(t, session, killed, PROMPT_MS);
   assert.equal(exit.code, 69);
+  // ssh's "Connection to ... closed by remote host." is ssh's own line, not the remote's.
+  assert.deepEqual(session.server.stderr.seen.filter((line) => / remote: /.test(line)), []);
   await clientExitsWithin(t, session, killed, PROMPT_MS);
 });
 
