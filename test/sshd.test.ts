@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { START_SERVER, clientExitsWithin, notOpened, opened, send, serverExitsWithin, startSession, waitUntil } from "./helpers.ts";
+import { START_SERVER, clientExitsWithin, notOpened, opened, send, serverExitsWithin, startSession, waitForExit, waitUntil } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 import { commandOf, parentOf, startSshd } from "./fixtures/sshd.ts";
 
@@ -94,6 +94,23 @@ for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]
     await clientExitsWithin(t, session, signalled, PROMPT_MS);
   });
 }
+
+test("over real ssh: Ctrl-C (SIGINT to the server's process group, ssh's too) logs \"stopping: SIGINT\" and nothing else, each of 6 times", { timeout: 180_000 }, async (t) => {
+  const sshd = await startSshd(t);
+  if (!sshd) return;
+  for (const extra of [[], ["--reconnect"], [], ["--reconnect"], [], ["--reconnect"]]) {
+    // The terminal signals its foreground process group: the server and its ssh alike, ssh quicker to die.
+    const session = await startSession(t, extra, { ssh: sshd.sshWrapper, host: sshd.host, remoteCommand: sshd.remoteCommand, detached: true });
+    const from = session.server.stderr.seen.length;
+    process.kill(-session.server.pid, "SIGINT");
+    const exit = await waitForExit(session.server, 5000, "server");
+    assert.equal(exit.code, 130);
+    await waitUntil(() => session.server.stderr.ended, 2000, "the server's stderr to end");
+    const after = session.server.stderr.seen.slice(from);
+    assert.equal(after.length, 1, `${extra.join(" ")}: ${after.join("\n")}`);
+    assert.match(after[0], /^\S+Z stopping: SIGINT$/);
+  }
+});
 
 test("over real ssh: server killed with SIGKILL, client exits within 1 s", { timeout: 30_000 }, async (t) => {
   const real = await realSession(t);
