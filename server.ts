@@ -254,6 +254,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const live = new Set<ChildProcess>();
   cleanups.push(() => live.forEach((child) => child.kill("SIGTERM")));
+  watchForWakes();
   const serving = options.hosts.map((host) => serveHost(host, options, live));
   // Pushed last, so said first: a server ended by a signal says so.
   cleanups.push((signal) => {
@@ -622,7 +623,7 @@ async function serveHost(host: string, options: Options, live: Set<ChildProcess>
     const waitMs = Math.max(0, started + spacingMs - Date.now());
     if (ending.failure) outage.failed(attempt, started, ending.failure, waitMs);
     else outage.lost(attempt + 1, waitMs);
-    await new Promise((resolve) => setTimeout(resolve, waitMs));
+    await waitOrWake(waitMs);
     spacingMs = Math.min(MAX_ATTEMPT_SPACING_MS, spacingMs * 2);
   }
 }
@@ -685,6 +686,91 @@ function duration(ms: number): string {
   return `${Math.floor(minutes / 60)} h${minutes % 60 ? ` ${minutes % 60} min` : ""}`;
 }
 
+// Sleep, freezes and network changes. A connection whose network went away
+// while the desktop slept is otherwise found dead only after three silent
+// keepalive intervals. Every WAKE_CHECK_MS the clocks and the desktop's
+// interface addresses are looked at: the wall clock ahead of the monotonic
+// one is a suspend (the monotonic clock stops while the machine sleeps), a
+// check that came late is a freeze (a stopped process, a paused VM), another
+// set of addresses a network change. Then every connection is probed at once,
+// and one that does not answer within PROBE_MS is lost (reconnected under
+// --reconnect), its ssh master and forwards with it; hosts waiting to
+// reconnect try again at once.
+const WAKE_CHECK_MS = 2000;
+// Late or ahead by this much: more than a loaded machine's timers lag.
+const WAKE_SLACK_MS = 5000;
+const PROBE_MS = 3000;
+
+export type WakeSample = { wallMs: number; monotonicMs: number; addresses: string };
+
+/** What happened between two samples taken intervalMs apart, in words, or undefined for nothing. */
+export function wakeReason(before: WakeSample, now: WakeSample, intervalMs: number): string | undefined {
+  const wall = now.wallMs - before.wallMs;
+  const monotonic = now.monotonicMs - before.monotonicMs;
+  if (wall - monotonic > WAKE_SLACK_MS) return `the desktop slept (for ${duration(wall - monotonic)})`;
+  if (monotonic - intervalMs > WAKE_SLACK_MS) return `this server was frozen (for ${duration(monotonic - intervalMs)})`;
+  if (now.addresses !== before.addresses) return "the desktop's network changed";
+  return undefined;
+}
+
+/** The desktop's own addresses, loopback left out, in one comparable string. */
+export function desktopAddresses(interfaces: ReturnType<typeof networkInterfaces>): string {
+  return Object.values(interfaces).flatMap((entries) => (entries ?? []).filter((entry) => !entry.internal).map((entry) => entry.address))
+    .sort().join(" ");
+}
+
+// What a wake sets going: each live connection's probe, each waiting host's next attempt.
+const onWake = new Set<(reason: string) => void>();
+
+function watchForWakes(): void {
+  const sample = (): WakeSample => ({ wallMs: Date.now(), monotonicMs: performance.now(), addresses: desktopAddresses(networkInterfaces()) });
+  let last = sample();
+  const timer = setInterval(() => {
+    const now = sample();
+    const reason = wakeReason(last, now, WAKE_CHECK_MS);
+    last = now;
+    if (!reason) return;
+    process.stderr.write(`${new Date().toISOString()} ${reason}: checking every connection\n`);
+    for (const wake of [...onWake]) wake(reason);
+  }, WAKE_CHECK_MS);
+  timer.unref();
+}
+
+// A ping that must be answered within PROBE_MS, sent on a wake once the
+// client has said hello; any line from the client answers it.
+function wakeProbe(greeted: () => boolean, send: (line: string) => void, lost: (why: string) => void) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const probe = (reason: string) => {
+    if (!greeted() || timer) return;
+    send("ping");
+    timer = setTimeout(() => lost(`no answer within ${PROBE_MS / 1000} s to a ping after ${reason.replace(/ \(.*\)$/, "")}: connection lost`), PROBE_MS);
+  };
+  onWake.add(probe);
+  return {
+    heard() {
+      clearTimeout(timer);
+      timer = undefined;
+    },
+    stop() {
+      clearTimeout(timer);
+      onWake.delete(probe);
+    },
+  };
+}
+
+// The wait before a host's next attempt, cut short by a wake.
+function waitOrWake(ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      onWake.delete(done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    onWake.add(done);
+  });
+}
+
 // The child whose stdin and stdout are the channel: ssh, or the client itself.
 function startConnection(host: string, options: Options, controlPath?: string): ChildProcessWithoutNullStreams | string {
   let command: string;
@@ -742,6 +828,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       if (why) log(host, `disconnected: ${why}`);
       session.stop();
       beforeHello.stop();
+      probe.stop();
       if (controlPath) forwardsAsked.delete(controlPath);
       child.kill("SIGTERM");
       live.delete(child);
@@ -749,7 +836,9 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
     };
     const end = (code: number, why: string, final = false) => finish({ code, final }, why);
     const beforeHello = helloWait(host, options, state.budget, (failure, final) => finish({ code: 69, final, failure }), onHello);
-    const session = sessionState(host, options, writeWithBackpressure(child), end, state, { controlPath, live }, beforeHello);
+    const send = writeWithBackpressure(child);
+    const session = sessionState(host, options, send, end, state, { controlPath, live }, beforeHello);
+    const probe = wakeProbe(() => beforeHello.greeted, send, (why) => end(69, why));
     const what = options.local ? "the client" : "ssh";
     child.on("error", (error) => {
       const why = `cannot run "${options.local ? "sh" : options.ssh}": ${error.message}`;
@@ -767,6 +856,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
     }, true);
     child.stderr.on("end", () => afterOwnSignals(() => beforeHello.stderrEnded()));
     readLines(child.stdout, MAX_CHANNEL_LINE_BYTES, (line, length) => {
+      probe.heard();
       if (length > MAX_CHANNEL_LINE_BYTES) session.onLine(line.subarray(0, LINE_HEAD_BYTES).toString(), `a ${length}-byte line is too long`);
       else decodeLine(line, session.onLine);
     });
