@@ -20,18 +20,24 @@
 //   deno run --allow-run --allow-read --allow-write --allow-env --allow-sys server.ts HOST
 //   bun server.ts HOST
 //   ./server.ts --install HOST                   put client.ts, send.ts on HOST
+//   ./server.ts --service HOST                   always on: a user service
 //
 // Exit codes: 64 usage, 69 every host's client or connection went away (or
 // --install failed on a HOST), 70 internal error, 73 cannot write the --log
-// file, 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143 TERM,
-// 129 HUP, 141 stderr closed).
+// file (or --service's, or will not replace one it did not write), 76
+// protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143 TERM, 129 HUP,
+// 141 stderr closed).
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, constants, existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync } from "node:fs";
+import {
+  accessSync, appendFileSync, constants, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, realpathSync,
+  renameSync, rmSync, writeFileSync,
+} from "node:fs";
+import { createRequire } from "node:module";
 import { connect } from "node:net";
-import { hostname, networkInterfaces, release, tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { homedir, hostname, networkInterfaces, release, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -39,6 +45,7 @@ import { parseArgs } from "node:util";
 const PROGRAM = "server";
 const USAGE = `Usage: server.ts [options] HOST...
        server.ts --install [--ssh PROGRAM] HOST...
+       server.ts --service [options] HOST... | --service --remove
 
 Run client.ts on each HOST over ssh and open here every URL sent there with
 send.ts. Runs until the last connection ends; Ctrl-C ends it. With --install,
@@ -75,6 +82,11 @@ Options:
                          beside this script in each HOST's home over ssh
                          (never over a file that is not theirs), then say
                          which runtime send.ts starts with there, and how fast
+  --service              instead of serving: write a user service (systemd on
+                         Linux, launchd on macOS) that runs this server with
+                         --reconnect and the other options given, with the
+                         desktop session, restarted on failure; print how to
+                         start it and see its log. With --remove, remove it
   -h, --help             show this help
   --version              print the version and the runtime running this
 
@@ -85,11 +97,13 @@ Examples:
   npx tsx server.ts --install build1       set a host up (again after upgrades)
   npx tsx server.ts build1 build2          serve two hosts from one terminal
   npx tsx server.ts --reconnect laptop-vm  survive sleep and network changes
+  npx tsx server.ts --service build1       always on, from the next login
   npx tsx server.ts --allow-scheme mailto --log ~/urls.log mail.example.org
 
 Exit codes: 0 --help, --version, --install done; 64 usage; 69 every host's
 client or connection went away, or --install failed on a HOST; 70 internal
-error; 73 cannot write the --log file; 76 protocol mismatch (one HOST); 128+N
+error; 73 cannot write the --log file (or the --service file, or will not
+replace one it did not write); 76 protocol mismatch (one HOST); 128+N
 ended by signal N (130 Ctrl-C, 131 Ctrl-\\, 143 TERM, 129 HUP, 141 stderr closed)
 `;
 
@@ -210,6 +224,8 @@ type Options = {
   auditLog?: string;
   local: boolean;
   install: boolean;
+  /** --service: write (or with remove, remove) the service that runs this server with args. */
+  service?: { remove: boolean; args: string[] };
   /** Why loopback URLs' ports are not forwarded, if they are not. */
   noForwardReason?: string;
   /** Where the ssh masters' control sockets live; only when loopback ports are forwarded. */
@@ -234,6 +250,7 @@ async function main(argv: string[]): Promise<number> {
     return 64;
   }
   if (options.install) return installHosts(options);
+  if (options.service) return setUpService(options.service);
   if (options.auditLog) {
     try {
       appendFileSync(options.auditLog, "");
@@ -282,6 +299,8 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       log: { type: "string" },
       local: { type: "boolean", default: false },
       install: { type: "boolean", default: false },
+      service: { type: "boolean", default: false },
+      remove: { type: "boolean", default: false },
       "no-forward-loopback": { type: "boolean", default: false },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean" },
@@ -289,7 +308,10 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
   });
   if (values.help) return "help";
   if (values.version) return "version";
-  if (positionals.length === 0) throw new Error("missing HOST");
+  if (values.remove && !values.service) throw new Error("--remove goes with --service: server.ts --service --remove");
+  if (values.service && values.install) throw new Error("--service and --install are two steps: run --install first");
+  if (values.service && values.remove && positionals.length > 0) throw new Error("--service --remove takes no HOST");
+  if (positionals.length === 0 && !values.remove) throw new Error("missing HOST");
   for (const host of positionals) {
     // ssh would read it as an option, whatever "--" says about the rest.
     if (host.startsWith("-") || host === "") throw new Error(`refusing HOST "${host}": it would be read as an ssh option`);
@@ -313,6 +335,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     auditLog: values.log,
     local: values.local,
     install: values.install,
+    service: values.service ? { remove: values.remove, args: serviceArguments(argv) } : undefined,
     noForwardReason: values["no-forward-loopback"] ? "--no-forward-loopback is set" : DESKTOP.noMultiplexing,
   };
 }
@@ -536,6 +559,188 @@ function installReport(host: string, lines: string[], code: number | null, lastE
     `${host}: add to the shell's start-up file there: export BROWSER="${browser}"`,
   ].map((line) => `${line}\n`).join(""));
   return [];
+}
+
+// --service: this server as a service of the desktop session, started with
+// it and restarted on failure, under --reconnect: a systemd user unit on
+// Linux, a launchd agent on macOS. It runs the runtime running this script
+// and this script by their absolute paths, with the options given here, so
+// that neither the service manager's PATH nor its directory changes what runs.
+// Only a file that says it was written so is ever replaced or removed.
+// (No "--" in it: an XML comment cannot hold one.)
+const SERVICE_MARK = "Written by urlserver's server.ts, as a service";
+const SERVICE_NAME = "urlserver";
+const LAUNCHD_LABEL = "local.urlserver";
+// Options that take a value, and those whose value is a path to make absolute.
+const VALUE_OPTIONS = new Set(["--ssh", "--remote-command", "--browser", "--keepalive", "--allow-scheme", "--rate", "--burst", "--log"]);
+const PATH_OPTIONS = new Set(["--ssh", "--browser", "--log"]);
+// What the service passes on from this shell's environment when set here.
+const SERVICE_ENVIRONMENT = ["PATH", "URLSERVER_SSH", "URLSERVER_BROWSER", "URLSERVER_REMOTE_COMMAND"];
+
+// The server's own arguments for the service: --reconnect first, and every
+// path (--log, an --ssh or --browser given as a path) made absolute.
+function serviceArguments(argv: string[]): string[] {
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const equals = argv[i].startsWith("--") ? argv[i].indexOf("=") : -1;
+    const name = equals === -1 ? argv[i] : argv[i].slice(0, equals);
+    if (name === "--service" || name === "--remove") continue;
+    if (!VALUE_OPTIONS.has(name)) {
+      args.push(argv[i]);
+      continue;
+    }
+    const value = equals === -1 ? argv[++i] : argv[i].slice(equals + 1);
+    args.push(name, PATH_OPTIONS.has(name) && (name === "--log" || value.includes("/")) ? resolve(value) : value);
+  }
+  return args.includes("--reconnect") ? args : ["--reconnect", ...args];
+}
+
+// The runtime running this script, as an absolute command: Node's loader
+// (tsx given by its package name) resolved to its file.
+function runtimeCommand(): string[] {
+  const script = fileURLToPath(import.meta.url);
+  const versions = process.versions as Record<string, string | undefined>;
+  if (versions.deno) return [process.execPath, "run", "--no-prompt", "--allow-run", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", script];
+  if (versions.bun) return [process.execPath, script];
+  const resolveFrom = createRequire(join(process.cwd(), "noop.js"));
+  const absolute = (module: string) => {
+    if (module.startsWith("/") || module.startsWith("file:")) return module;
+    try {
+      return resolveFrom.resolve(module);
+    } catch {
+      return module;
+    }
+  };
+  const flags = process.execArgv.map((flag, i, all) => {
+    const loader = /^(--import|--loader|--experimental-loader|--require|-r)=(.*)$/.exec(flag);
+    if (loader) return `${loader[1]}=${absolute(loader[2])}`;
+    return ["--import", "--loader", "--experimental-loader", "--require", "-r"].includes(all[i - 1]) ? absolute(flag) : flag;
+  });
+  return [process.execPath, ...flags, script];
+}
+
+export type ServiceSpec = { platform: string; home: string; uid: number; command: string[]; hosts: string[]; env: Record<string, string | undefined> };
+/** The service's file and the commands that start it, show its log and stop it. */
+export type Service = { path: string; text: string; start: string; log: string; stop: string; also?: string };
+
+export function serviceDefinition(spec: ServiceSpec): Service | string {
+  const environment = SERVICE_ENVIRONMENT.flatMap((name) => spec.env[name] ? [[name, spec.env[name]!]] : []);
+  if (spec.platform === "darwin") {
+    const path = join(spec.home, "Library/LaunchAgents", `${LAUNCHD_LABEL}.plist`);
+    const log = join(spec.home, "Library/Logs", `${SERVICE_NAME}.log`);
+    return { path, text: launchdAgent(spec.command, environment, log), start: `launchctl bootout gui/${spec.uid}/${LAUNCHD_LABEL} 2>/dev/null; launchctl bootstrap gui/${spec.uid} ${shellWord(path)}`,
+      log: `tail -f ${shellWord(log)}`, stop: `launchctl bootout gui/${spec.uid}/${LAUNCHD_LABEL}` };
+  }
+  if (spec.platform === "win32") return "Windows has neither systemd nor launchd: start server.ts --reconnect HOST from a shortcut in the Startup folder";
+  const path = join(spec.home, ".config/systemd/user", `${SERVICE_NAME}.service`);
+  return { path, text: systemdUnit(spec.command, environment, spec.hosts),
+    start: `systemctl --user daemon-reload && systemctl --user enable ${SERVICE_NAME}.service && systemctl --user restart ${SERVICE_NAME}.service`,
+    log: `journalctl --user -u ${SERVICE_NAME}.service -f`,
+    stop: `systemctl --user stop ${SERVICE_NAME}.service; systemctl --user daemon-reload`,
+    also: join(spec.home, ".config/systemd/user/graphical-session.target.wants", `${SERVICE_NAME}.service`) };
+}
+
+// The session's DISPLAY, WAYLAND_DISPLAY, DBUS_SESSION_BUS_ADDRESS and
+// SSH_AUTH_SOCK (what the opener and ssh need) are in the user manager's
+// environment once the desktop has imported them at login, as GNOME, KDE and
+// most others do when they start graphical-session.target.
+function systemdUnit(command: string[], environment: string[][], hosts: string[]): string {
+  // systemd reads %specifiers and $variables in these lines, and C escapes in quotes.
+  const quoted = (text: string) => `"${text.replace(/[\\"%$\n]/g, (c) => ({ "\\": "\\\\", '"': '\\"', "%": "%%", $: "$$", "\n": "\\n" })[c]!)}"`;
+  return [
+    `# ${SERVICE_MARK}; "server.ts --service --remove" removes it.`,
+    "[Unit]",
+    `Description=urlserver: open URLs from ${hosts.join(" ").replace(/%/g, "%%").replace(/[\p{Cc}]/gu, "")} in this desktop's browser`,
+    "# Started with the graphical session, whose DISPLAY, WAYLAND_DISPLAY,",
+    "# DBUS_SESSION_BUS_ADDRESS and SSH_AUTH_SOCK the desktop imports at login; a",
+    "# desktop that does not: systemctl --user import-environment DISPLAY SSH_AUTH_SOCK",
+    "PartOf=graphical-session.target",
+    "After=graphical-session.target",
+    "",
+    "[Service]",
+    `ExecStart=${command.map(quoted).join(" ")}`,
+    ...environment.map(([name, value]) => `Environment=${quoted(`${name}=${value}`)}`),
+    "Restart=on-failure",
+    "RestartSec=5",
+    "",
+    "[Install]",
+    "WantedBy=graphical-session.target",
+    "",
+  ].join("\n");
+}
+
+// launchd gives agents of the GUI session (Aqua) the user's SSH_AUTH_SOCK;
+// macOS's opener needs nothing more.
+function launchdAgent(command: string[], environment: string[][], log: string): string {
+  const xml = (text: string) => text.replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" })[c]!);
+  const string = (text: string) => `<string>${xml(text)}</string>`;
+  return [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    '<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">',
+    `<!-- ${SERVICE_MARK}; server.ts with its options service and remove removes it. -->`,
+    '<plist version="1.0">',
+    "<dict>",
+    `  <key>Label</key>${string(LAUNCHD_LABEL)}`,
+    "  <key>ProgramArguments</key>",
+    "  <array>",
+    ...command.map((arg) => `    ${string(arg)}`),
+    "  </array>",
+    "  <key>EnvironmentVariables</key>",
+    "  <dict>",
+    ...environment.map(([name, value]) => `    <key>${xml(name)}</key>${string(value)}`),
+    "  </dict>",
+    "  <key>LimitLoadToSessionType</key><string>Aqua</string>",
+    "  <key>RunAtLoad</key><true/>",
+    "  <key>KeepAlive</key><dict><key>SuccessfulExit</key><false/></dict>",
+    `  <key>StandardErrorPath</key>${string(log)}`,
+    "</dict>",
+    "</plist>",
+    "",
+  ].join("\n");
+}
+
+function shellWord(text: string): string {
+  return /^[\w./-]+$/.test(text) ? text : `'${text.replace(/'/g, "'\\''")}'`;
+}
+
+// Writes (or removes) the service; what to run next goes to stdout.
+function setUpService(service: { remove: boolean; args: string[] }): number {
+  const hosts = service.args.filter((arg, i, all) => !arg.startsWith("-") && !VALUE_OPTIONS.has(all[i - 1]));
+  const definition = serviceDefinition({ platform: process.platform, home: homedir(), uid: process.getuid?.() ?? 0,
+    command: [...runtimeCommand(), ...service.args], hosts, env: process.env });
+  const problem = (why: string, code = 73) => {
+    process.stderr.write(`${PROGRAM}: ${why}\n`);
+    return code;
+  };
+  if (typeof definition === "string") return problem(`cannot set up a service: ${definition}`, 69);
+  const say = (line: string) => process.stdout.write(`${line}\n`);
+  const current = lstatSync(definition.path, { throwIfNoEntry: false });
+  if (current && !(current.isFile() && readFileSync(definition.path, "utf8").includes(SERVICE_MARK))) {
+    return problem(`will not ${service.remove ? "remove" : "replace"} "${definition.path}": server.ts --service did not write it`);
+  }
+  if (service.remove) {
+    if (!current) return (say(`no service to remove: "${definition.path}" does not exist`), 0);
+    rmSync(definition.path);
+    // The link "systemctl enable" made, if it leads to the file removed.
+    const link = definition.also && lstatSync(definition.also, { throwIfNoEntry: false });
+    if (link && link.isSymbolicLink() && readlinkSync(definition.also!) === definition.path) rmSync(definition.also!);
+    say(`removed "${definition.path}"`);
+    say(`stop the one running now: ${definition.stop}`);
+    return 0;
+  }
+  const temporary = `${definition.path}.${process.pid}.tmp`;
+  try {
+    mkdirSync(dirname(definition.path), { recursive: true });
+    writeFileSync(temporary, definition.text, { flag: "wx", mode: 0o644 });
+    renameSync(temporary, definition.path);
+  } catch (error) {
+    rmSync(temporary, { force: true });
+    return problem(`cannot write "${definition.path}": ${(error as Error).message}`);
+  }
+  say(`wrote "${definition.path}": server.ts ${service.args.join(" ")}, with the desktop session, restarted on failure`);
+  say(`start it now and at every login: ${definition.start}`);
+  say(`see its log: ${definition.log}`);
+  return 0;
 }
 
 // The ssh masters' control sockets give access to the connections, so they
