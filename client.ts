@@ -1,6 +1,6 @@
 #!/bin/sh
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
-":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys "$s" "$@"
+":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,SSH_CONNECTION --allow-sys "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
 ":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
 ":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
@@ -20,17 +20,19 @@
 //   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
 //   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \
-//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys client.ts
+//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,SSH_CONNECTION --allow-sys client.ts
 //   bun client.ts
 //
 // It exits when its stdin (the channel from the server) ends, when the server
 // has been silent for three heartbeat intervals, or on a signal, and removes
-// its socket each time. Exit codes: 0 server went away, 64 usage, 69 another
-// client is serving the socket, 70 internal error, 75 server silent,
-// 76 protocol mismatch, 77 unsafe socket directory or another user's socket,
-// 128+N signal N.
+// its socket each time. Several clients (one per desktop serving this host)
+// share the socket path: the newest holds it, the others stand by, each
+// reachable on a socket of its own beside it (see joinDesktops). Exit codes:
+// 0 server went away, 64 usage, 69 something else than a socket at the path,
+// or it cannot listen, 70 internal error, 75 server silent, 76 protocol
+// mismatch, 77 unsafe socket directory or another user's socket, 128+N signal N.
 
-import { lstatSync, mkdirSync, rmSync, statSync, unlinkSync } from "node:fs";
+import { existsSync, linkSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync } from "node:fs";
 import { connect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { createInterface } from "node:readline";
@@ -49,16 +51,21 @@ Options:
   -h, --help      show this help
   --version       print the version and the runtime running this
 
-Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
+Several clients may serve one socket path, one per desktop: the newest holds
+the path, the others stand by on sockets of their own in PATH.d/, and the most
+recent of them takes the path over when the one holding it goes.
+
+Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above; SSH_CONNECTION (set
+by sshd) names the desktop's address, for send.ts to route by.
 
 Examples:
   sh client.ts                                  what server.ts runs over ssh
   npx tsx client.ts --socket /tmp/try.sock      try it by hand
 
-Exit codes: 0 server went away, 64 usage, 69 another client is serving the
-socket, 70 internal error, 75 server silent for 3 heartbeats, 76 protocol
-mismatch, 77 unsafe socket directory or another user's stale socket, 128+N
-ended by signal N (141: stdout closed)
+Exit codes: 0 server went away, 64 usage, 69 not a socket at the path, or
+cannot listen, 70 internal error, 75 server silent for 3 heartbeats, 76
+protocol mismatch, 77 unsafe socket directory or another user's stale socket,
+128+N ended by signal N (141: stdout closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
@@ -143,25 +150,35 @@ async function main(argv: string[]): Promise<number> {
     return usageError(`socket path "${socketPath}" is ${Buffer.byteLength(socketPath)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}`);
   }
 
-  const refusal = prepareSocketDirectory(socketPath) ?? (await takeTurn(socketPath)) ?? (await clearStaleSocket(socketPath));
+  const ownPath = ownSocketPath(socketPath);
+  if (Buffer.byteLength(ownPath) > MAX_SOCKET_PATH_BYTES) {
+    return usageError(`socket path "${socketPath}" is too long for this client's own socket beside it, "${ownPath}" (${Buffer.byteLength(ownPath)} bytes); this system allows at most ${MAX_SOCKET_PATH_BYTES}`);
+  }
+
+  const refusal = prepareSocketDirectory(socketPath) ?? (await takeTurn(socketPath)) ?? (await clearStaleSocket(socketPath)) ??
+    privateDirectoryRefusal(socketPath);
   if (refusal) {
     process.stderr.write(`${PROGRAM}: ${refusal.message}\n`);
     return refusal.code;
   }
-  const listener = await listenPrivately(socketPath);
+  await liveSockets(socketPath);
+  const listener = await listenPrivately(ownPath);
   if (listener instanceof Error) {
-    const why = (listener as NodeJS.ErrnoException).code === "EADDRINUSE" ? "another client has just started listening there" : listener.message;
-    process.stderr.write(`${PROGRAM}: cannot listen on "${socketPath}": ${why}\n`);
+    process.stderr.write(`${PROGRAM}: cannot listen on "${ownPath}": ${listener.message}\n`);
     return 69;
   }
-  const ours = statSync(socketPath);
-  const reached = await reachesListener(listener, socketPath);
+  const ours = statSync(ownPath);
+  const reached = await reachesListener(listener, ownPath);
+  const joined = reached ? joinDesktops(socketPath, ownPath, ours) : undefined;
   endTurn();
   if (!reached) {
-    process.stderr.write(`${PROGRAM}: cannot listen on "${socketPath}": another client has just started listening there\n`);
+    process.stderr.write(`${PROGRAM}: cannot listen on "${ownPath}": another program has just started listening there\n`);
     return 69;
   }
-  cleanups.push(() => removeOwnSocket(socketPath, ours.dev, ours.ino));
+  if (joined) {
+    process.stderr.write(`${PROGRAM}: ${joined.message}\n`);
+    return joined.code;
+  }
 
   return serveUntilServerGone(listener, socketPath);
 }
@@ -233,7 +250,7 @@ async function takeTurn(socketPath: string): Promise<{ code: number; message: st
 }
 
 // A socket nobody answers on was left by a killed client and may be replaced;
-// one that answers belongs to a live client and is never taken over.
+// one that answers belongs to a live client, which will stand by.
 async function clearStaleSocket(socketPath: string): Promise<{ code: number; message: string } | undefined> {
   let info;
   try {
@@ -253,10 +270,9 @@ async function clearStaleSocket(socketPath: string): Promise<{ code: number; mes
     probe.on("connect", () => { probe.destroy(); resolve(true); });
     probe.on("error", () => resolve(false));
   });
-  if (answered) {
-    return { code: 69, message: `another client is already listening on "${socketPath}"` };
-  }
-  rmSync(socketPath, { force: true });
+  // A live client's socket is not removed: the new client takes the path
+  // over from it in one rename (joinDesktops), and it stands by.
+  if (!answered) rmSync(socketPath, { force: true });
   return undefined;
 }
 
@@ -313,6 +329,248 @@ function reachesListener(listener: Server, socketPath: string): Promise<boolean>
 function removeOwnSocket(socketPath: string, dev: number, ino: number): void {
   const now = statSync(socketPath, { throwIfNoEntry: false });
   if (now && now.dev === dev && now.ino === ino) unlinkSync(socketPath);
+}
+
+// Several desktops, one socket path. Each client listens on a socket of its
+// own, PATH.d/NAME (NAME: its start time in base 36 and its pid, so that
+// names sort by age), in a directory as private as /tmp/urlserver-UID. The
+// documented PATH is a second name (a hard link) for the default client's
+// socket: a client becomes the default by linking its own socket to a
+// temporary name and renaming that over PATH, so a sender finds a socket
+// there at every moment. The newest client takes PATH as it starts; the
+// others stand by, still connected, each checking every WATCH_MS whether it
+// still holds PATH. When the holder is gone, whoever notices first (taking
+// turns) gives PATH to the most recent live client. Live means answering a
+// connect: a killed client leaves a socket nobody answers on, removed then.
+const WATCH_MS = 300;
+const OWN_SOCKET_NAME = /^[0-9a-z]{1,12}-[0-9]{1,10}$/;
+// A client that does not accept within this long is busy, not gone.
+const PROBE_TIMEOUT_MS = 2000;
+
+type Refusal = { code: number; message: string };
+type Identity = { dev: number; ino: number };
+const desktops = { socketPath: "", ownPath: "", dev: -1, ino: -1, holdsPath: true, rolesKnown: false };
+
+function ownSocketPath(socketPath: string): string {
+  return `${socketPath}.d/${Date.now().toString(36)}-${process.pid}`;
+}
+
+// PATH.d is ours only if we made it or it is already private to us.
+function privateDirectoryRefusal(socketPath: string): Refusal | undefined {
+  const directory = `${socketPath}.d`;
+  const uid = process.getuid?.();
+  try {
+    mkdirSync(directory, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  }
+  const info = lstatSync(directory);
+  if (uid === undefined) return undefined;
+  const why = !info.isDirectory() ? "it is not a directory"
+    : info.uid !== uid ? `it is owned by uid ${info.uid}, not ${uid}`
+    : (info.mode & 0o077) !== 0 ? `its mode ${(info.mode & 0o777).toString(8)} lets others in` : undefined;
+  return why ? { code: 77, message: `refusing to use socket directory "${directory}": ${why}` } : undefined;
+}
+
+function sameSocket(info: Identity | undefined, other: Identity): boolean {
+  return info !== undefined && info.dev === other.dev && info.ino === other.ino;
+}
+
+// Taking turns: the newest client takes PATH (from a live client too, which
+// then stands by), and watches from now on whether it still holds it.
+function joinDesktops(socketPath: string, ownPath: string, ours: Identity): Refusal | undefined {
+  Object.assign(desktops, { socketPath, ownPath, dev: ours.dev, ino: ours.ino });
+  cleanups.push(leaveDesktops);
+  try {
+    giveThePath(socketPath, ownPath);
+  } catch (error) {
+    // A sticky directory refuses to replace another user's file (made since our check).
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== "EPERM" && code !== "EACCES") throw error;
+    return { code: 77, message: `refusing to use socket "${socketPath}": it cannot be replaced (${code}): another user's` };
+  }
+  watchThePath();
+  return undefined;
+}
+
+// One rename: PATH is the old socket until it is the new one, never absent.
+// Never over something that is not our own socket (the callers check, taking turns).
+function giveThePath(socketPath: string, fromPath: string): void {
+  const temporary = `${fromPath}.new`;
+  rmSync(temporary, { force: true });
+  linkSync(fromPath, temporary);
+  try {
+    renameSync(temporary, socketPath);
+  } finally {
+    rmSync(temporary, { force: true });
+  }
+}
+
+// Taking turns: the clients in PATH.d that answer, most recent first. A
+// killed client's socket, and a temporary name a client killed while taking
+// PATH left, are removed.
+async function liveSockets(socketPath: string): Promise<string[]> {
+  const directory = `${socketPath}.d`;
+  const uid = process.getuid?.();
+  const names = readdirSync(directory).filter((name) => OWN_SOCKET_NAME.test(name.replace(/\.new$/, ""))).sort().reverse();
+  const live = await Promise.all(names.map(async (name) => {
+    const path = `${directory}/${name}`;
+    const info = lstatSync(path, { throwIfNoEntry: false });
+    if (!info || (uid !== undefined && info.uid !== uid)) return undefined;
+    if (path === desktops.ownPath) return path;
+    if (info.isSocket() && !name.endsWith(".new") && await answers(path)) return path;
+    removeOwnSocket(path, info.dev, info.ino);
+    return undefined;
+  }));
+  return live.filter((path) => path !== undefined);
+}
+
+function answers(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(socketPath);
+    const timer = setTimeout(() => { probe.destroy(); resolve(true); }, PROBE_TIMEOUT_MS);
+    probe.on("connect", () => { clearTimeout(timer); probe.destroy(); resolve(true); });
+    probe.on("error", () => { clearTimeout(timer); resolve(false); });
+  });
+}
+
+function watchThePath(): void {
+  let checking = false;
+  let lastProblem = "";
+  const timer = setInterval(() => {
+    if (checking) return;
+    checking = true;
+    checkThePath().then(() => { lastProblem = ""; }, (error: Error) => {
+      // Said once, not every WATCH_MS: the user fixes it, or nothing changes.
+      if (error.message !== lastProblem) process.stderr.write(`${PROGRAM}: cannot check "${desktops.socketPath}": ${error.message}\n`);
+      lastProblem = error.message;
+    }).finally(() => { checking = false; });
+  }, WATCH_MS);
+  timer.unref();
+}
+
+// Whether PATH is still ours; if it is a socket nobody answers on, it is
+// given to the most recent live client; then whether that is us. A PATH
+// someone removed is left removed (the clients stay reachable in PATH.d),
+// and so is anything at PATH that is not a socket of ours.
+async function checkThePath(): Promise<void> {
+  const { socketPath } = desktops;
+  let info = lstatSync(socketPath, { throwIfNoEntry: false });
+  if (!info) return;
+  if (!sameSocket(info, desktops) && socketOfOurs(info) && !(await answers(socketPath))) {
+    await repairThePath();
+    info = lstatSync(socketPath, { throwIfNoEntry: false });
+  }
+  roleIs(sameSocket(info, desktops));
+}
+
+function socketOfOurs(info: ReturnType<typeof lstatSync> | undefined): boolean {
+  return info !== undefined && info.isSocket() && info.uid === process.getuid?.();
+}
+
+async function repairThePath(): Promise<void> {
+  const { socketPath } = desktops;
+  const before = cleanups.length;
+  if (await takeTurn(socketPath)) return;
+  try {
+    const info = lstatSync(socketPath, { throwIfNoEntry: false });
+    // Another client may have mended it while we waited for our turn.
+    if (!socketOfOurs(info) || (!sameSocket(info, desktops) && await answers(socketPath))) return;
+    const [newest] = await liveSockets(socketPath);
+    if (newest) giveThePath(socketPath, newest);
+  } finally {
+    endTurn();
+    // takeTurn's own cleanup, which endTurn made a no-op: a long life of repairs must not pile them up.
+    cleanups.splice(before);
+  }
+}
+
+// The server hears when this client stops being the default and when it is
+// the default again, if it understands those lines (its hello says so).
+function roleIs(holdsPath: boolean): void {
+  if (holdsPath === desktops.holdsPath) return;
+  desktops.holdsPath = holdsPath;
+  announceRole();
+}
+
+function announceRole(): void {
+  if (!desktops.rolesKnown) return;
+  if (desktops.holdsPath) return sendToServer("default");
+  askStatus(desktops.socketPath).then((answer) => {
+    if (desktops.holdsPath) return;
+    const theirs = new URLSearchParams(answer.startsWith("ok ") ? answer.slice(3).replaceAll(" ", "&") : "");
+    const fields = new URLSearchParams({ desktop: theirs.get("desktop") ?? "", address: theirs.get("address") ?? "" });
+    sendToServer(`standby ${fields.toString().replaceAll("&", " ")}`);
+  }, crash);
+}
+
+// The "status" answer of whoever listens at socketPath, or "" if none comes.
+function askStatus(socketPath: string): Promise<string> {
+  return new Promise((resolve) => {
+    let received = "";
+    const probe = connect(socketPath, () => probe.write("status\n"));
+    const done = () => { clearTimeout(timer); probe.destroy(); resolve(received.split("\n")[0]); };
+    const timer = setTimeout(done, PROBE_TIMEOUT_MS);
+    probe.setEncoding("utf8");
+    probe.on("data", (chunk: string) => {
+      received += chunk;
+      if (received.includes("\n") || received.length > MAX_LINE_BYTES) done();
+    });
+    probe.on("error", done);
+    probe.on("end", done);
+  });
+}
+
+function tryGiveThePath(socketPath: string, fromPath: string): boolean {
+  try {
+    giveThePath(socketPath, fromPath);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// On the way out, taking turns: PATH goes to the most recent other client,
+// or away. (A dead one gets it if it died unnoticed; the others' watch
+// mends that.)
+function leaveDesktops(): void {
+  const { socketPath, ownPath } = desktops;
+  const directory = `${socketPath}.d`;
+  removeOwnSocket(ownPath, desktops.dev, desktops.ino);
+  const lock = `${socketPath}.lock`;
+  // A turn held this long is a stalled or killed client's: PATH is given without it.
+  const turn = takeTurnNow(lock);
+  try {
+    if (sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops)) {
+      // The last to leave but us may have removed the directory already.
+      const others = existsSync(directory) ? readdirSync(directory).filter((name) => OWN_SOCKET_NAME.test(name)).sort().reverse() : [];
+      // One may be leaving too, its socket gone since the list was read.
+      if (!others.some((name) => tryGiveThePath(socketPath, `${directory}/${name}`))) unlinkSync(socketPath);
+    }
+    if (turn) rmdirSync(directory);
+  } catch {
+    // Others are still in the directory, or it is gone already.
+  } finally {
+    if (turn) rmSync(lock, { recursive: true, force: true });
+  }
+}
+
+// The turn, on the way out, where nothing can wait for an event: clients
+// leaving together take it one after the other, within LEAVE_WAIT_MS.
+const LEAVE_WAIT_MS = 1000;
+
+function takeTurnNow(lock: string): boolean {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (const started = Date.now(); Date.now() - started < LEAVE_WAIT_MS;) {
+    try {
+      mkdirSync(lock, { mode: 0o700 });
+      return true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") return false;
+    }
+    Atomics.wait(pause, 0, 0, 5);
+  }
+  return false;
 }
 
 // The session: hello, then URLs out and answers in, until stdin ends.
@@ -390,6 +648,8 @@ function handleServerLine(line: string, silence: { setInterval: (seconds: number
     if (keepalive >= 1 && keepalive <= MAX_KEEPALIVE_SECONDS) silence.setInterval(keepalive);
     allowedSchemes = new Set((fields.get("schemes") ?? "").split(",").filter(Boolean));
     desktop = { name: fields.get("desktop") ?? "unknown", since: new Date().toISOString() };
+    desktops.rolesKnown = fields.get("standby") === "1";
+    if (!desktops.holdsPath) announceRole();
   }
   return undefined;
 }
@@ -520,8 +780,17 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 // The answer to a "status" line (send.ts --status), which no URL can be.
 function statusLine(): string {
   if (!desktop) return "error no desktop has said hello yet";
-  const fields = new URLSearchParams({ desktop: desktop.name, since: desktop.since, runtime: runtimeName(), pid: String(process.pid) });
+  const holdsPath = sameSocket(lstatSync(desktops.socketPath, { throwIfNoEntry: false }), desktops);
+  const fields = new URLSearchParams({ desktop: desktop.name, since: desktop.since, runtime: runtimeName(), pid: String(process.pid),
+    address: desktopAddress(process.env.SSH_CONNECTION), default: holdsPath ? "yes" : "no" });
   return `ok ${fields.toString().replaceAll("&", " ")}`;
+}
+
+// The desktop's address as this host sees it: the first field of the
+// SSH_CONNECTION sshd gave this session; send.ts routes by it.
+function desktopAddress(connection: string | undefined): string {
+  const address = connection?.split(" ")[0] ?? "";
+  return /^[\w.:%-]{1,64}$/.test(address) ? address : "";
 }
 
 // Refuse here what this end can tell is wrong; the server checks everything again.

@@ -1,6 +1,6 @@
 #!/bin/sh
 ":" //; s=$0; [ -L "$s" ] && s=$(readlink -f "$s")
-":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid "$s" "$@"
+":" //; command -v deno >/dev/null && exec deno run --no-prompt --allow-read --allow-write --allow-net --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX,TMUX_PANE,NODE_V8_COVERAGE --allow-run=tmux --allow-sys=uid "$s" "$@"
 ":" //; command -v bun >/dev/null && exec bun "$s" -- "$@"
 ":" //; v=$(node --version 2>/dev/null); w="--disable-warning=ExperimentalWarning --disable-warning=MODULE_TYPELESS_PACKAGE_JSON"
 ":" //; export NODE_COMPILE_CACHE="${NODE_COMPILE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/urlserver}"
@@ -18,36 +18,52 @@
 //   npx tsx send.ts URL...                       Node 20+ with tsx
 //   node send.ts URL...                          Node 22.18+ (type stripping)
 //   deno run --allow-read --allow-write --allow-net \
-//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR --allow-sys=uid send.ts URL...
+//     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX,TMUX_PANE,NODE_V8_COVERAGE \
+//     --allow-run=tmux --allow-sys=uid send.ts URL...
 //   bun send.ts URL...           (Bun drops a "--" right after the script name)
+// (Deno runs tmux only to ask it for SSH_CONNECTION; its child_process reads
+// NODE_V8_COVERAGE.)
+//
+// With several desktops serving this host, each URL goes to the one this
+// session came from (its SSH_CONNECTION, asked of tmux inside tmux), else to
+// the newest; URLSERVER_DESKTOP=NAME picks one.
 //
 // Exit codes: 0 every URL opened (--status: a desktop is connected), 64 usage,
 // 65 a URL was refused (by the desktop, or here: one argument is one URL),
-// 69 no server is connected on this host (or it went away), 70 internal
+// 69 no server is connected on this host (or it went away, or no desktop of
+// the URLSERVER_DESKTOP name is connected), 70 internal
 // error, 75 timed out, 77 the socket is not the user's own, 128+N signal N.
 
-import { lstatSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { lstatSync, mkdirSync, readdirSync, realpathSync } from "node:fs";
 import { connect } from "node:net";
+import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 
 const PROGRAM = "send";
-const USAGE = `Usage: send.ts [--socket PATH] [--timeout SECONDS] URL...
+const USAGE = `Usage: send.ts [--socket PATH] [--timeout SECONDS] [--verbose] URL...
        send.ts --status
 
 Open each URL in the browser on the desktop that runs server.ts for this host.
 Exits 0 once the desktop has opened every URL; otherwise says
 why and prints each URL not opened on stderr, to be copied by hand.
+With several desktops serving this host: the one this session came from (by
+its address in SSH_CONNECTION), else the newest.
 
 Options:
   --socket PATH       the client's socket (default: $URLSERVER_SOCKET, else
                       $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
-  --status            say whether a desktop is connected on this host, and since when
+  --status            say whether a desktop is connected on this host, and since
+                      when; every desktop, with several, and which one is used
+  --verbose           say which desktop opened the URLs
   -h, --help          show this help
   --version           print the version and the runtime running this
   --                  end of options: what follows is a URL even if it starts with -
 
-Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above.
+Environment: URLSERVER_SOCKET, XDG_RUNTIME_DIR as above; URLSERVER_DESKTOP=NAME
+picks the desktop of that name; SSH_CONNECTION (from sshd, or from tmux when
+TMUX is set) says which desktop this session came from.
 
 Examples:
   export BROWSER=~/send.ts                 programs that honour $BROWSER use it
@@ -55,7 +71,8 @@ Examples:
   send.ts --status || echo "no desktop"    in a prompt or a script
 
 Exit codes: 0 all opened (or, with --status, a desktop is connected), 64 usage,
-65 a URL was refused, 69 no server connected on this host, 70 internal error,
+65 a URL was refused, 69 no server connected on this host (or no desktop named
+URLSERVER_DESKTOP), 70 internal error,
 75 timed out, 77 the socket or its directory is not the user's own (nothing
 was sent), 128+N ended by signal N
 `;
@@ -104,6 +121,7 @@ async function main(argv: string[]): Promise<number> {
   let timeoutSeconds: number;
   let urls: string[];
   let status: boolean;
+  let verbose: boolean;
   try {
     const { values, positionals } = parseArgs({
       args: argv,
@@ -113,6 +131,7 @@ async function main(argv: string[]): Promise<number> {
         socket: { type: "string" },
         timeout: { type: "string", default: "10" },
         status: { type: "boolean", default: false },
+        verbose: { type: "boolean", default: false },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean" },
       },
@@ -124,6 +143,7 @@ async function main(argv: string[]): Promise<number> {
     timeoutSeconds = Number(values.timeout);
     if (!(timeoutSeconds > 0)) throw new Error(`--timeout needs a positive number of seconds, not "${values.timeout}"`);
     status = values.status;
+    verbose = values.verbose;
     if (status && positionals.length > 0) throw new Error("--status takes no URL");
     if (!status && positionals.length === 0) throw new Error("missing URL");
     socketPath = values.socket || process.env.URLSERVER_SOCKET ||
@@ -133,17 +153,24 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${PROGRAM}: ${(error as Error).message.split("\n")[0]}\nRun "send.ts --help" for usage.\n`);
     return 64;
   }
-  const refusal = socketRefusal(socketPath);
+  // No socket at PATH is no reason not to look for the clients' own (see Several desktops).
+  const checked = checkSocket(socketPath);
+  const refusal = "code" in checked && checked.code !== 69 ? checked : undefined;
+  const route = refusal ? undefined : await chooseDesktop(socketPath, status);
   if (status) {
     if (refusal) return report(`no desktop is connected on this host: ${refusal.message}`, refusal.code);
-    return reportStatus(await exchange(socketPath, ["status"], timeoutSeconds), socketPath);
+    if (route!.refusal) return report(`no desktop is connected on this host: ${route!.refusal.message}`, route!.refusal.code);
+    if (route!.desktops.length > 1) return reportDesktops(route!);
+    return reportStatus(await exchangeChecked(socketPath, ["status"], timeoutSeconds), socketPath);
   }
   // One argument is one URL: one that is not is refused here, never sent.
   const answers = urls.map(notOneUrl);
   const sent = urls.flatMap((url, i) => answers[i] === undefined ? [i] : []);
-  const outcome: Outcome = refusal ? { answers: [], failure: () => refusal }
-    : sent.length ? await exchange(socketPath, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
+  const failure = refusal ?? route!.refusal;
+  const outcome: Outcome = failure ? { answers: [], failure: () => failure }
+    : sent.length ? await exchangeChecked(route!.path, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
   outcome.answers.forEach((answer, k) => { answers[sent[k]] = answer; });
+  if (verbose && outcome.answers.includes("ok")) await reportWhere(route!, urls, answers);
   return reportDelivery(urls, answers, outcome.failure?.(quoted(urls[sent[outcome.answers.length]] ?? "")));
 }
 
@@ -156,28 +183,196 @@ function report(message: string, code: number): number {
 // BSDs and macOS, the final NUL included; Node would cut a longer path short.
 const MAX_SOCKET_PATH_BYTES = process.platform === "linux" ? 107 : 103;
 
-// Another user of this host must not receive our URLs: the socket must be
-// ours, and /tmp/urlserver-UID (which anyone could have made first) must be
-// private to us, as client.ts requires before listening there. A missing
-// socket is left to connect() to report.
-function socketRefusal(socketPath: string): { code: number; message: string } | undefined {
-  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
-    return { code: 64, message: `socket path "${socketPath}" is ${Buffer.byteLength(socketPath)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}` };
-  }
+type Refusal = { code: number; message: string; noServer?: boolean };
+// The socket checked before connecting: the path to connect to (its directory
+// resolved) and the inode that was there, to be found there again once connected.
+type Found = { path: string; dev: number; ino: number };
+
+// Another user of this host must not receive our URLs, whatever they rename
+// between our checks and our connect: /tmp/urlserver-UID is made here when
+// absent, as the client makes it, so that the name is the user's for good;
+// no directory on the way lets anyone else rename entries; the socket is the
+// user's; and once connected, the same socket is still there (sameSocket)
+// before a byte is written. No socket there is simply no server.
+function checkSocket(socketPath: string): Refusal | Found {
+  const tooLong = (path: string) => Buffer.byteLength(path) > MAX_SOCKET_PATH_BYTES &&
+    { code: 64, message: `socket path "${path}" is ${Buffer.byteLength(path)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}` };
   const uid = process.getuid?.();
-  if (uid === undefined) return undefined;
-  const directory = `/tmp/urlserver-${uid}`;
-  const refuse = (path: string, why: string) => ({ code: 77, message: `refusing to use ${path === directory ? "socket directory" : "socket"} "${path}": ${why}` });
-  if (socketPath.startsWith(`${directory}/`)) {
-    const info = lstatSync(directory, { throwIfNoEntry: false });
-    if (info && !info.isDirectory()) return refuse(directory, "it is not a directory");
-    if (info && info.uid !== uid) return refuse(directory, `it is owned by uid ${info.uid}, not ${uid}`);
-    if (info && (info.mode & 0o077) !== 0) return refuse(directory, `its mode ${(info.mode & 0o777).toString(8)} lets others in`);
+  const refuse = (why: string) => ({ code: 77, message: `refusing to use socket "${socketPath}": ${why}` });
+  const noServer = { code: 69, noServer: true, message: `cannot connect to "${socketPath}": no server is connected on this host: ${START_SERVER}` };
+  try {
+    const refusal = tooLong(socketPath) || defaultDirectoryRefusal(socketPath, uid);
+    if (refusal) return refusal;
+    const directory = realpathSync(dirname(socketPath));
+    const unsafe = unsafeDirectory(directory, uid);
+    if (unsafe) return refuse(unsafe);
+    const path = join(directory, basename(socketPath));
+    const info = lstatSync(path);
+    if (!info.isSocket()) return refuse("it is not a socket");
+    if (uid !== undefined && info.uid !== uid) return refuse(`it is owned by uid ${info.uid}, not ${uid}`);
+    return tooLong(path) || { path, dev: info.dev, ino: info.ino };
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT" || code === "ENOTDIR") return noServer;
+    if (code === "EACCES" || code === "EPERM") return refuse(`permission denied on the way to it (a directory of another user's?)`);
+    throw error;
   }
-  const info = lstatSync(socketPath, { throwIfNoEntry: false });
-  if (info && !info.isSocket()) return refuse(socketPath, "it is not a socket");
-  if (info && info.uid !== uid) return refuse(socketPath, `it is owned by uid ${info.uid}, not ${uid}`);
+}
+
+// /tmp/urlserver-UID (which anyone could make first) is the user's only if
+// made here or by the client, or already private to the user: the client's check.
+function defaultDirectoryRefusal(socketPath: string, uid: number | undefined): Refusal | undefined {
+  const directory = `/tmp/urlserver-${uid}`;
+  if (uid === undefined || !socketPath.startsWith(`${directory}/`)) return undefined;
+  try {
+    mkdirSync(directory, { mode: 0o700 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  }
+  const info = lstatSync(directory);
+  const refuse = (why: string) => ({ code: 77, message: `refusing to use socket directory "${directory}": ${why}` });
+  if (!info.isDirectory()) return refuse("it is not a directory");
+  if (info.uid !== uid) return refuse(`it is owned by uid ${info.uid}, not ${uid}`);
+  if ((info.mode & 0o077) !== 0) return refuse(`its mode ${(info.mode & 0o777).toString(8)} lets others in`);
   return undefined;
+}
+
+// Whoever may rename entries in a directory on the way could swap the socket
+// between any two checks: only root and the user may, or others only under
+// the sticky bit (as in /tmp); a group may in the user's own directories
+// (the user's choice of group, often the user's alone).
+function unsafeDirectory(directory: string, uid: number | undefined): string | undefined {
+  if (uid === undefined) return undefined;
+  for (let path = directory; ; path = dirname(path)) {
+    const info = lstatSync(path);
+    if (info.uid !== uid && info.uid !== 0) return `directory "${path}" is owned by uid ${info.uid}`;
+    const othersWrite = (info.mode & 0o002) !== 0 || ((info.mode & 0o020) !== 0 && info.uid !== uid);
+    if (othersWrite && (info.mode & 0o1000) === 0) {
+      return `others may rename things in directory "${path}" (mode ${(info.mode & 0o777).toString(8)}, no sticky bit)`;
+    }
+    if (path === dirname(path)) return undefined;
+  }
+}
+
+// Read again once connected, before writing: the socket connected to is the
+// one checked, unless it was swapped out and back between the two lstats,
+// which only root and the user can do in the directories checkSocket allows.
+function sameSocket(socketPath: string, found: Found): Refusal | undefined {
+  const info = lstatSync(found.path, { throwIfNoEntry: false });
+  if (info?.isSocket() && info.dev === found.dev && info.ino === found.ino) return undefined;
+  return { code: 77, message: `refusing to use socket "${socketPath}": it was replaced while connecting` };
+}
+
+// Several desktops: each client also listens on a socket of its own in
+// PATH.d/ (see client.ts), and PATH is the newest one's. A session goes to
+// the desktop it came from, by the address in its SSH_CONNECTION; else to
+// PATH's. An address only picks among the user's own sockets, each checked
+// as PATH is; it never adds one.
+const CLIENT_SOCKET_NAME = /^[0-9a-z]{1,12}-[0-9]{1,10}$/;
+// Asking each client who it is: a client that does not answer soon is skipped.
+const ASK_TIMEOUT_SECONDS = 2;
+const TMUX_TIMEOUT_MS = 1000;
+
+type Desktop = { path: string; name: string; address: string; since: string; pid: string; runtime: string; holdsPath: boolean };
+type Route = { path: string; desktops: Desktop[]; chosen?: Desktop; address?: string; refusal?: Refusal };
+
+// With one client (or clients of an older version, without PATH.d) and no
+// URLSERVER_DESKTOP, PATH at once, asking nobody. --status asks them all.
+async function chooseDesktop(socketPath: string, all: boolean): Promise<Route> {
+  const named = process.env.URLSERVER_DESKTOP;
+  const clients = clientSockets(socketPath);
+  if (!Array.isArray(clients)) return { path: socketPath, desktops: [], refusal: clients };
+  if ((!named || all) && clients.length < 2) return { path: socketPath, desktops: [] };
+  const desktops = await askDesktops(socketPath, clients);
+  if (named) {
+    const chosen = desktops.find((desktop) => desktop.name === named);
+    if (chosen || all) return { path: chosen?.path ?? socketPath, desktops, chosen };
+    const connected = desktops.map((desktop) => quoted(desktop.name)).join(", ") || "none";
+    return { path: socketPath, desktops, refusal: { code: 69, message: `no desktop named ${quoted(named)} is connected on this host (connected: ${connected})` } };
+  }
+  const address = desktopAddress(await sessionConnection());
+  const fromHere = desktops.filter((desktop) => address && desktop.address === address);
+  // The newest first: desktops behind one NAT, or a shared jump host, look alike.
+  const chosen = fromHere.find((desktop) => desktop.holdsPath) ?? fromHere[0] ??
+    desktops.find((desktop) => desktop.holdsPath) ?? desktops[0];
+  const path = !chosen || (chosen.holdsPath && !fromHere.length) ? socketPath : chosen.path;
+  return { path, desktops, chosen, address };
+}
+
+// The client sockets in PATH.d, newest first; a refusal if PATH.d is not the user's own.
+function clientSockets(socketPath: string): string[] | Refusal {
+  const directory = `${socketPath}.d`;
+  const uid = process.getuid?.();
+  const info = lstatSync(directory, { throwIfNoEntry: false });
+  if (!info) return [];
+  const why = !info.isDirectory() ? "it is not a directory"
+    : uid !== undefined && info.uid !== uid ? `it is owned by uid ${info.uid}, not ${uid}`
+    : (info.mode & 0o077) !== 0 ? `its mode ${(info.mode & 0o777).toString(8)} lets others in` : undefined;
+  if (why) return { code: 77, message: `refusing to use socket directory "${directory}": ${why}` };
+  return readdirSync(directory).filter((name) => CLIENT_SOCKET_NAME.test(name)).sort().reverse().map((name) => `${directory}/${name}`);
+}
+
+// Each client that is the user's own and answers, newest first, as it describes itself.
+async function askDesktops(socketPath: string, clients: string[]): Promise<Desktop[]> {
+  const holder = lstatSync(socketPath, { throwIfNoEntry: false });
+  const desktops = await Promise.all(clients.map(async (path): Promise<Desktop | undefined> => {
+    const info = lstatSync(path, { throwIfNoEntry: false });
+    if (!info) return undefined;
+    // Checked as PATH is: another user's socket here is never written to.
+    const [answer] = (await exchangeChecked(path, ["status"], ASK_TIMEOUT_SECONDS)).answers;
+    if (!answer?.startsWith("ok ")) return undefined;
+    const fields = new URLSearchParams(answer.slice(3).replaceAll(" ", "&"));
+    const field = (name: string) => fields.get(name) ?? "";
+    const holdsPath = holder !== undefined && holder.dev === info.dev && holder.ino === info.ino;
+    return { path, name: field("desktop"), address: desktopAddress(field("address")), since: field("since"),
+      pid: field("pid"), runtime: field("runtime"), holdsPath };
+  }));
+  return desktops.filter((desktop) => desktop !== undefined);
+}
+
+// Inside tmux a shell's environment is as old as the shell; tmux updates the
+// session's SSH_CONNECTION on each attach: that one is asked, briefly.
+// "-SSH_CONNECTION" is an attach without ssh: no address.
+async function sessionConnection(): Promise<string | undefined> {
+  if (!process.env.TMUX) return process.env.SSH_CONNECTION;
+  const fromTmux = await new Promise<string | undefined>((resolve) => {
+    // Only what tmux needs to find its server and our pane (Deno allows no more).
+    const env = { TMUX: process.env.TMUX, TMUX_PANE: process.env.TMUX_PANE ?? "" };
+    execFile("tmux", ["show-environment", "SSH_CONNECTION"], { timeout: TMUX_TIMEOUT_MS, encoding: "utf8", env }, (error, stdout) => {
+      const line = stdout.split("\n")[0];
+      resolve(error ? undefined : line === "-SSH_CONNECTION" ? "" : /^SSH_CONNECTION=(.*)$/.exec(line)?.[1]);
+    });
+  });
+  return fromTmux ?? process.env.SSH_CONNECTION;
+}
+
+// The first field of SSH_CONNECTION: the address the session came from.
+function desktopAddress(connection: string | undefined): string {
+  const address = connection?.split(" ")[0] ?? "";
+  return /^[\w.:%-]{1,64}$/.test(address) ? address : "";
+}
+
+// --verbose: which desktop opened the URLs (asked of the client if not yet known).
+async function reportWhere(route: Route, urls: string[], answers: Array<string | undefined>): Promise<void> {
+  let name = route.chosen?.name;
+  if (name === undefined) {
+    const [answer] = (await exchangeChecked(route.path, ["status"], ASK_TIMEOUT_SECONDS)).answers;
+    name = answer?.startsWith("ok ") ? new URLSearchParams(answer.slice(3).replaceAll(" ", "&")).get("desktop") ?? "?" : "?";
+  }
+  urls.forEach((url, i) => {
+    if (answers[i] === "ok") process.stderr.write(`${PROGRAM}: opened ${quoted(url)} on desktop ${quoted(name)}\n`);
+  });
+}
+
+// --status with several desktops: one line each, newest first.
+function reportDesktops(route: Route): number {
+  for (const desktop of route.desktops) {
+    const marks = [desktop.address ? `from ${printable(desktop.address)}` : "from an unknown address",
+      ...(desktop.holdsPath ? ["the default"] : []), ...(desktop === route.chosen ? ["used by this session"] : [])];
+    process.stdout.write(`connected to desktop ${quoted(desktop.name)} since ${printable(desktop.since)}` +
+      ` (client pid ${printable(desktop.pid)} on ${printable(desktop.runtime)}), ${marks.join(", ")}\n`);
+  }
+  return 0;
 }
 
 // The socket protocol is a URL per line, and the line "status" asks for the
@@ -195,10 +390,23 @@ type Outcome = { answers: string[]; failure?: (pending: string) => { code: numbe
 // What to do when no server is connected: HOST as the desktop's ssh reaches this host.
 const START_SERVER = 'on the desktop, run "server.ts HOST" with this host\'s name';
 
+// checkSocket, then exchange. A client taking the path over renames its
+// socket there (see Several desktops): a socket replaced while connecting,
+// nothing written yet, is checked and connected to again, twice at most.
+async function exchangeChecked(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
+  for (let attempt = 1; ; attempt++) {
+    const found = checkSocket(socketPath);
+    if ("code" in found) return { answers: [], failure: () => found };
+    const outcome = await exchange(socketPath, found, lines, timeoutSeconds);
+    const replaced = outcome.answers.length === 0 && outcome.failure?.("").message.endsWith(": it was replaced while connecting");
+    if (!replaced || attempt === 3) return outcome;
+  }
+}
+
 // Writes every line, half-closes, then reads one answer per line, in order.
-function exchange(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
+function exchange(socketPath: string, found: Found, lines: string[], timeoutSeconds: number): Promise<Outcome> {
   return new Promise((resolve) => {
-    const socket = connect(socketPath);
+    const socket = connect(found.path);
     const answers: string[] = [];
     let connected = false;
     let buffered = "";
@@ -214,12 +422,15 @@ function exchange(socketPath: string, lines: string[], timeoutSeconds: number): 
       code: 75, message: `timed out after ${timeoutSeconds} s waiting for the desktop to open ${pending}` })), timeoutSeconds * 1000);
 
     socket.on("connect", () => {
+      const replaced = sameSocket(socketPath, found);
+      if (replaced) return finish(() => replaced);
       connected = true;
       socket.end(lines.map((line) => `${line}\n`).join(""));
     });
     socket.on("error", (error: NodeJS.ErrnoException) => {
       if (connected) return finish(() => ({ code: 69, message: `lost the connection to "${socketPath}": ${error.message}` }));
       const noServer = error.code === "ENOENT" || error.code === "ECONNREFUSED";
+      if (error.code === "EACCES") return finish(() => ({ code: 77, message: `refusing to use socket "${socketPath}": permission denied` }));
       finish(() => ({ code: 69, noServer,
         message: `cannot connect to "${socketPath}": ${noServer ? `no server is connected on this host: ${START_SERVER}` : error.message}` }));
     });

@@ -71,6 +71,8 @@ Options:
   --reconnect            reconnect a lost host, and retry one not reached:
                          attempts 1 s apart, doubling to 8 s while they fail
   --notify               show a desktop notification for each URL opened
+  --name NAME            this desktop's name on the hosts, for send.ts --status
+                         and URLSERVER_DESKTOP=NAME (default: its hostname)
   --log FILE             append a JSON line per URL: time, host, URL, decision
   --no-forward-loopback  refuse URLs to the remote host's own loopback
                          (localhost, 127.x.y.z, [::1] and the other forms in
@@ -222,6 +224,8 @@ type Options = {
   reconnect: boolean;
   notifier?: string[];
   auditLog?: string;
+  /** What the hosts call this desktop (send.ts --status, URLSERVER_DESKTOP). */
+  name: string;
   local: boolean;
   install: boolean;
   /** --service: write (or with remove, remove) the service that runs this server with args. */
@@ -297,6 +301,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       reconnect: { type: "boolean", default: false },
       notify: { type: "boolean", default: false },
       log: { type: "string" },
+      name: { type: "string" },
       local: { type: "boolean", default: false },
       install: { type: "boolean", default: false },
       service: { type: "boolean", default: false },
@@ -333,6 +338,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     reconnect: values.reconnect,
     notifier: values.notify ? findNotifier() : undefined,
     auditLog: values.log,
+    name: values.name === undefined ? hostname() : desktopName(values.name),
     local: values.local,
     install: values.install,
     service: values.service ? { remove: values.remove, args: serviceArguments(argv) } : undefined,
@@ -346,6 +352,11 @@ function positiveNumber(option: string, text: string, zeroAllowed: boolean): num
     throw new Error(`${option} needs a ${zeroAllowed ? "non-negative" : "positive"} number, not "${text}"`);
   }
   return value;
+}
+
+function desktopName(text: string): string {
+  if (!/^[^\p{Cc}\p{Cf}\p{Z}]{1,64}$/u.test(text)) throw new Error(`--name needs 1 to 64 characters, no spaces or control characters, not ${JSON.stringify(text)}`);
+  return text;
 }
 
 function keepaliveSeconds(text: string): number {
@@ -1008,7 +1019,7 @@ function startConnection(host: string, options: Options, controlPath?: string): 
 function localRuntimeFlags(): string[] {
   if (!(process.versions as Record<string, string | undefined>).deno) return process.execArgv;
   return ["run", "--no-prompt", "--allow-read", "--allow-write", "--allow-net",
-    "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR", "--allow-sys"];
+    "--allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,SSH_CONNECTION", "--allow-sys"];
 }
 
 // Each connection has a control socket of its own: a master killed without
@@ -1066,7 +1077,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       else decodeLine(line, session.onLine);
     });
     child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}` +
-      ` desktop=${encodeURIComponent(hostname())} version=${VERSION}\n`);
+      ` desktop=${encodeURIComponent(options.name)} version=${VERSION} standby=1\n`);
   });
 }
 
@@ -1289,6 +1300,21 @@ function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => vo
   onLine(text.replace(/\r$/, ""));
 }
 
+// Another desktop's client has taken this host's socket path (its newest
+// client wins): this one stands by, still connected, and still opens URLs
+// from sessions that come from this desktop. Then, or it is the default again.
+function roleChange(verb: string, words: string[]): string {
+  if (verb === "default") return "the default desktop for this host again: its socket path leads here";
+  const fields = new URLSearchParams(words.filter(Boolean).join("&"));
+  const name = fields.get("desktop") ? `desktop ${quotedName(fields.get("desktop")!)}` : "another desktop";
+  const address = fields.get("address") ? ` (from ${printable(fields.get("address")!.slice(0, 64))})` : "";
+  return `standing by: ${name}${address} took over this host's socket path; sessions from this desktop still open here`;
+}
+
+function quotedName(name: string): string {
+  return printable(JSON.stringify(name.slice(0, 100)));
+}
+
 function sessionState(host: string, options: Options, send: (line: string) => void,
   end: (code: number, why: string, final?: boolean) => void, state: HostState,
   master: { controlPath?: string; live: Set<ChildProcess> }, beforeHello: HelloWait) {
@@ -1332,6 +1358,8 @@ function sessionState(host: string, options: Options, send: (line: string) => vo
       if (!problem) return openRequested(rest.join(" "), answer);
       if (budget.allows("refused")) log(host, `refused URL ${id}: ${problem}`);
       answer(problem.endsWith("too long") ? `URL longer than ${MAX_URL_BYTES} bytes` : problem);
+    } else if ((verb === "standby" || verb === "default") && !problem) {
+      if (budget.allows("remote")) log(host, roleChange(verb, [id, ...rest]));
     } else if ((verb !== "pong" || problem) && budget.allows("ignored")) {
       log(host, `ignoring a message the client should not send: ${printable(line.slice(0, 200))}${problem ? ` (${problem})` : ""}`);
     }
