@@ -30,7 +30,8 @@
 // reachable on a socket of its own beside it (see joinDesktops). Exit codes:
 // 0 server went away, 64 usage, 69 something else than a socket at the path,
 // or it cannot listen, 70 internal error, 75 server silent, 76 protocol
-// mismatch, 77 unsafe socket directory or another user's socket, 128+N signal N.
+// mismatch, 77 unsafe socket directory, another user's socket, or permission
+// denied on the way to it, 128+N signal N.
 
 import { existsSync, linkSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, statSync, unlinkSync } from "node:fs";
 import { connect, createServer } from "node:net";
@@ -64,8 +65,9 @@ Examples:
 
 Exit codes: 0 server went away, 64 usage, 69 not a socket at the path, or
 cannot listen, 70 internal error, 75 server silent for 3 heartbeats, 76
-protocol mismatch, 77 unsafe socket directory or another user's stale socket,
-128+N ended by signal N (141: stdout closed)
+protocol mismatch, 77 unsafe socket directory, another user's stale socket, or
+permission denied on the way to the socket, 128+N ended by signal N (141:
+stdout closed)
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
@@ -155,8 +157,7 @@ async function main(argv: string[]): Promise<number> {
     return usageError(`socket path "${socketPath}" is too long for this client's own socket beside it, "${ownPath}" (${Buffer.byteLength(ownPath)} bytes); this system allows at most ${MAX_SOCKET_PATH_BYTES}`);
   }
 
-  const refusal = prepareSocketDirectory(socketPath) ?? (await takeTurn(socketPath)) ?? (await clearStaleSocket(socketPath)) ??
-    privateDirectoryRefusal(socketPath);
+  const refusal = (await socketRefusal(socketPath)) ?? privateDirectoryRefusal(socketPath);
   if (refusal) {
     process.stderr.write(`${PROGRAM}: ${refusal.message}\n`);
     return refusal.code;
@@ -164,6 +165,10 @@ async function main(argv: string[]): Promise<number> {
   await liveSockets(socketPath);
   const listener = await listenPrivately(ownPath);
   if (listener instanceof Error) {
+    if (isDenied(listener)) {
+      process.stderr.write(`${PROGRAM}: ${deniedMessage(ownPath)}\n`);
+      return 77;
+    }
     process.stderr.write(`${PROGRAM}: cannot listen on "${ownPath}": ${listener.message}\n`);
     return 69;
   }
@@ -196,6 +201,26 @@ function resolveSocketPath(option: string | undefined): string {
     (runtimeDir ? `${runtimeDir}/urlserver.sock` : `/tmp/urlserver-${process.getuid?.() ?? 0}/sock`);
 }
 
+// Whatever stands in the way, said in one line: permission denied on the
+// path (a stale $XDG_RUNTIME_DIR after su) is a refusal, not an internal error.
+async function socketRefusal(socketPath: string): Promise<{ code: number; message: string } | undefined> {
+  try {
+    return prepareSocketDirectory(socketPath) ?? (await takeTurn(socketPath)) ?? (await clearStaleSocket(socketPath));
+  } catch (error) {
+    if (!isDenied(error)) throw error;
+    return { code: 77, message: deniedMessage(socketPath) };
+  }
+}
+
+function isDenied(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  return code === "EACCES" || code === "EPERM";
+}
+
+function deniedMessage(socketPath: string): string {
+  return `refusing to use socket "${socketPath}": permission denied on the way to it (another user's directory, such as a $XDG_RUNTIME_DIR left from before su?)`;
+}
+
 // /tmp/urlserver-UID is ours only if we made it or it is already private to us,
 // as tmux does for its socket directory.
 function prepareSocketDirectory(socketPath: string): { code: number; message: string } | undefined {
@@ -220,7 +245,8 @@ function prepareSocketDirectory(socketPath: string): { code: number; message: st
 // Clients starting at the same moment take turns, or two of them could find
 // one stale socket and both replace it, one listening on a path the other
 // has since taken: the turn is a directory beside the socket, made only if
-// absent. One older than LOCK_STALE_MS is a killed client's, and is taken over.
+// absent. One older than LOCK_STALE_MS is a killed client's, and is taken
+// over; so is one dated more than that in the future.
 const LOCK_STALE_MS = 2000;
 let endTurn = () => {};
 
@@ -238,7 +264,9 @@ async function takeTurn(socketPath: string): Promise<{ code: number; message: st
     if (info && uid !== undefined && info.uid !== uid) {
       return { code: 77, message: `refusing to use socket "${socketPath}": "${lock}" is owned by uid ${info.uid}, not ${uid}` };
     }
-    if (info && Date.now() - info.mtimeMs > LOCK_STALE_MS) rmSync(lock, { recursive: true, force: true });
+    // Dated in the future, it was left before the clock was stepped back.
+    const age = info ? Date.now() - info.mtimeMs : 0;
+    if (age > LOCK_STALE_MS || age < -LOCK_STALE_MS) rmSync(lock, { recursive: true, force: true });
     else await new Promise((resolve) => setTimeout(resolve, 10));
   }
   endTurn = () => {
@@ -362,6 +390,7 @@ function privateDirectoryRefusal(socketPath: string): Refusal | undefined {
   try {
     mkdirSync(directory, { mode: 0o700 });
   } catch (error) {
+    if (isDenied(error)) return { code: 77, message: deniedMessage(directory) };
     if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
   }
   const info = lstatSync(directory);
@@ -384,10 +413,12 @@ function joinDesktops(socketPath: string, ownPath: string, ours: Identity): Refu
   try {
     giveThePath(socketPath, ownPath);
   } catch (error) {
+    const { code, syscall } = error as NodeJS.ErrnoException;
     // A sticky directory refuses to replace another user's file (made since our check).
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code !== "EPERM" && code !== "EACCES") throw error;
-    return { code: 77, message: `refusing to use socket "${socketPath}": it cannot be replaced (${code}): another user's` };
+    if (syscall === "rename" && (code === "EPERM" || code === "EACCES")) {
+      return { code: 77, message: `refusing to use socket "${socketPath}": it cannot be replaced (${code}): another user's` };
+    }
+    return { code: 69, message: `cannot take "${socketPath}" over: ${(error as Error).message}` };
   }
   watchThePath();
   return undefined;
@@ -538,10 +569,12 @@ function leaveDesktops(): void {
   const directory = `${socketPath}.d`;
   removeOwnSocket(ownPath, desktops.dev, desktops.ino);
   const lock = `${socketPath}.lock`;
-  // A turn held this long is a stalled or killed client's: PATH is given without it.
-  const turn = takeTurnNow(lock);
+  const holdsPath = sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops);
+  // A turn held this long is a stalled or killed client's: PATH is given
+  // without it. One standing by only wants it to remove PATH.d if it is the last.
+  const turn = takeTurnNow(lock, holdsPath ? LEAVE_WAIT_MS : 0);
   try {
-    if (sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops)) {
+    if (holdsPath && sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops)) {
       // The last to leave but us may have removed the directory already.
       const others = existsSync(directory) ? readdirSync(directory).filter((name) => OWN_SOCKET_NAME.test(name)).sort().reverse() : [];
       // One may be leaving too, its socket gone since the list was read.
@@ -559,18 +592,18 @@ function leaveDesktops(): void {
 // leaving together take it one after the other, within LEAVE_WAIT_MS.
 const LEAVE_WAIT_MS = 1000;
 
-function takeTurnNow(lock: string): boolean {
+function takeTurnNow(lock: string, waitMs: number): boolean {
   const pause = new Int32Array(new SharedArrayBuffer(4));
-  for (const started = Date.now(); Date.now() - started < LEAVE_WAIT_MS;) {
+  for (const started = Date.now(); ;) {
     try {
       mkdirSync(lock, { mode: 0o700 });
       return true;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") return false;
     }
+    if (Date.now() - started >= waitMs) return false;
     Atomics.wait(pause, 0, 0, 5);
   }
-  return false;
 }
 
 // The session: hello, then URLs out and answers in, until stdin ends.

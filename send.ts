@@ -31,8 +31,9 @@
 // Exit codes: 0 every URL opened (--status: a desktop is connected), 64 usage,
 // 65 a URL was refused (by the desktop, or here: one argument is one URL),
 // 69 no server is connected on this host (or it went away, or no desktop of
-// the URLSERVER_DESKTOP name is connected), 70 internal
-// error, 75 timed out, 77 the socket is not the user's own, 128+N signal N.
+// the URLSERVER_DESKTOP name is connected), 70 internal error, 75 timed out,
+// 77 the socket is not the user's own, or a directory on the way lets others
+// swap it, or permission is denied on the way (nothing is sent), 128+N signal N.
 
 import { execFile } from "node:child_process";
 import { lstatSync, mkdirSync, readdirSync, realpathSync } from "node:fs";
@@ -53,7 +54,8 @@ its address in SSH_CONNECTION), else the newest.
 Options:
   --socket PATH       the client's socket (default: $URLSERVER_SOCKET, else
                       $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
-  --timeout SECONDS   give up waiting for the desktop after this long (default: 10)
+  --timeout SECONDS   give up waiting for the desktop after this long, from 1
+                      to 2147483 (default: 10)
   --status            say whether a desktop is connected on this host, and since
                       when; every desktop, with several, and which one is used
   --verbose           say which desktop opened the URLs
@@ -72,9 +74,9 @@ Examples:
 
 Exit codes: 0 all opened (or, with --status, a desktop is connected), 64 usage,
 65 a URL was refused, 69 no server connected on this host (or no desktop named
-URLSERVER_DESKTOP), 70 internal error,
-75 timed out, 77 the socket or its directory is not the user's own (nothing
-was sent), 128+N ended by signal N
+URLSERVER_DESKTOP), 70 internal error, 75 timed out, 77 the socket or a
+directory on the way is not the user's own, or permission is denied on the way
+(nothing was sent), 128+N ended by signal N
 `;
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
@@ -116,6 +118,8 @@ process.on("uncaughtException", crash);
 process.on("unhandledRejection", crash);
 // END exit stanza
 
+const MAX_TIMEOUT_SECONDS = 2_147_483;
+
 async function main(argv: string[]): Promise<number> {
   let socketPath: string;
   let timeoutSeconds: number;
@@ -141,7 +145,10 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     timeoutSeconds = Number(values.timeout);
-    if (!(timeoutSeconds > 0)) throw new Error(`--timeout needs a positive number of seconds, not "${values.timeout}"`);
+    // Past 2^31-1 ms a timer fires at once: send.ts would time out at start.
+    if (!(timeoutSeconds >= 1 && timeoutSeconds <= MAX_TIMEOUT_SECONDS)) {
+      throw new Error(`--timeout needs a number of seconds from 1 to ${MAX_TIMEOUT_SECONDS}, not "${values.timeout}"`);
+    }
     status = values.status;
     verbose = values.verbose;
     if (status && positionals.length > 0) throw new Error("--status takes no URL");
@@ -160,7 +167,9 @@ async function main(argv: string[]): Promise<number> {
   if (status) {
     if (refusal) return report(`no desktop is connected on this host: ${refusal.message}`, refusal.code);
     if (route!.refusal) return report(`no desktop is connected on this host: ${route!.refusal.message}`, route!.refusal.code);
-    if (route!.desktops.length > 1) return reportDesktops(route!);
+    // One desktop that holds PATH keeps the one-line answer of a single desktop.
+    const [only, ...others] = route!.desktops;
+    if (others.length > 0 || (only && !only.holdsPath)) return reportDesktops(route!);
     return reportStatus(await exchangeChecked(socketPath, ["status"], timeoutSeconds), socketPath);
   }
   // One argument is one URL: one that is not is refused here, never sent.
@@ -214,7 +223,9 @@ function checkSocket(socketPath: string): Refusal | Found {
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "ENOENT" || code === "ENOTDIR") return noServer;
-    if (code === "EACCES" || code === "EPERM") return refuse(`permission denied on the way to it (a directory of another user's?)`);
+    if (code === "EACCES" || code === "EPERM") {
+      return refuse("permission denied on the way to it (another user's directory, such as a $XDG_RUNTIME_DIR left from before su?)");
+    }
     throw error;
   }
 }

@@ -32,7 +32,7 @@ import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
 import {
   accessSync, appendFileSync, constants, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, realpathSync,
-  renameSync, rmSync, writeFileSync,
+  renameSync, rmSync, statSync, writeFileSync,
 } from "node:fs";
 import { createRequire } from "node:module";
 import { connect } from "node:net";
@@ -255,14 +255,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (options.install) return installHosts(options);
   if (options.service) return setUpService(options.service);
-  if (options.auditLog) {
-    try {
-      appendFileSync(options.auditLog, "");
-    } catch (error) {
-      process.stderr.write(`${PROGRAM}: cannot write the --log file "${options.auditLog}": ${(error as Error).message}\n`);
-      return 73;
-    }
-  }
+  if (options.auditLog && !prepareAuditLog(options.auditLog)) return 73;
   if (options.noForwardReason === DESKTOP.noMultiplexing && DESKTOP.noMultiplexing && !options.local) {
     process.stderr.write(`${PROGRAM}: loopback URLs will be refused, not forwarded: ${DESKTOP.noMultiplexing}\n`);
   }
@@ -1722,6 +1715,23 @@ function notify(notifier: string[], host: string, url: string): void {
   child.unref();
 }
 
+// The log holds every URL, tokens included: made owner-only (0600, whatever
+// the umask); an existing one that others may read is used, with a warning.
+function prepareAuditLog(path: string): boolean {
+  try {
+    appendFileSync(path, "", { mode: 0o600 });
+    const mode = statSync(path).mode;
+    if ((mode & 0o044) !== 0) {
+      process.stderr.write(`${PROGRAM}: warning: the --log file "${path}" is readable by others (mode ${(mode & 0o777).toString(8)}): ` +
+        `it holds every URL, tokens included (chmod 600 it)\n`);
+    }
+    return true;
+  } catch (error) {
+    process.stderr.write(`${PROGRAM}: cannot write the --log file "${path}": ${(error as Error).message}\n`);
+    return false;
+  }
+}
+
 // One JSON line per URL, appended: the file is never truncated or rewritten.
 // A URL opened on another desktop port than it named has that one as "opened".
 function audit(options: Options, host: string, url: string, decision: string, reason?: string, opened = url): void {
@@ -1733,7 +1743,7 @@ function audit(options: Options, host: string, url: string, decision: string, re
 function appendAuditEntry(options: Options, host: string, fields: Record<string, unknown>): void {
   if (!options.auditLog) return;
   try {
-    appendFileSync(options.auditLog, `${printable(JSON.stringify({ time: new Date().toISOString(), host, ...fields }))}\n`);
+    appendFileSync(options.auditLog, `${printable(JSON.stringify({ time: new Date().toISOString(), host, ...fields }))}\n`, { mode: 0o600 });
   } catch (error) {
     log(host, `cannot write the --log file "${options.auditLog}": ${(error as Error).message}`);
   }

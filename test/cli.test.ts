@@ -40,7 +40,10 @@ const usageErrors: Array<["server.ts" | "client.ts" | "send.ts", string[], strin
   ["server.ts", ["--rate=-1", "host"], 'server: --rate needs a non-negative number, not "-1"'],
   ["server.ts", ["--allow-scheme", "javascript", "host"], 'server: --allow-scheme: "javascript" can run code or read local files, and is never allowed'],
   ["send.ts", [], "send: missing URL"],
-  ["send.ts", ["--timeout", "soon", "https://example.org/"], 'send: --timeout needs a positive number of seconds, not "soon"'],
+  ["send.ts", ["--timeout", "soon", "https://example.org/"], 'send: --timeout needs a number of seconds from 1 to 2147483, not "soon"'],
+  // Past 2^31-1 ms a timer fires at once: send.ts would time out without sending.
+  ...["0", "0.5", "2147484", "Infinity", "NaN"].map((value): ["send.ts", string[], string] => ["send.ts", ["--timeout", value, "https://example.org/"],
+    `send: --timeout needs a number of seconds from 1 to 2147483, not "${value}"`]),
 ];
 for (const [script, args, message] of usageErrors) {
   test(`${script} ${JSON.stringify(args)} is a usage error: ${message}`, { timeout: 15_000 }, async (t) => {

@@ -8,13 +8,13 @@
 
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  ROOT, isAlive, needs, opened, run, start, startSession, tempDir, waitForExit, waitUntil,
+  FAKE_BROWSER, ROOT, isAlive, needs, opened, run, start, startSession, tempDir, waitForExit, waitUntil,
 } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 import { startSshd } from "./fixtures/sshd.ts";
@@ -68,7 +68,7 @@ test("a second desktop's client serves too: the first stands by, says so once, a
   const line = await office.server.stderr.waitFor(/standing by/);
   assert.match(line, /testhost: standing by: desktop "home" \(from 10\.1\.0\.2\) took over this host's socket path; sessions from this desktop still open here$/);
   assert.ok(office.server.alive() && isAlive(office.clientPid), "the first desktop's server or client exited");
-  assert.doesNotMatch(office.server.stderr.text(), /disconnected|exit|69/);
+  assert.doesNotMatch(office.server.stderr.text(), /disconnected|exited/);
   assert.doesNotMatch(home.server.stderr.text(), /standing by/);
   // The path is the newest client's; both have a socket of their own, owner-only.
   assert.equal(holderOf(socket), readdirSync(`${socket}.d`).sort().at(-1));
@@ -158,7 +158,7 @@ test("the default desktop's server stopped: the next send.ts opens on the other 
     } else {
       // Only one in flight as the server stopped: told, and printed to be copied; never "no server".
       assert.equal(result.code, 69, result.stderr);
-      assert.match(result.stderr, /the server went away\n/);
+      assert.match(result.stderr, /: the server went away\n|lost the connection to /);
       assert.ok(result.stderr.endsWith(`\n${result.url}`), result.stderr);
     }
   }
@@ -314,4 +314,25 @@ test("an address from the environment only picks among the user's own sockets: a
   assert.deepEqual(received, []);
   await waitUntil(() => openedUrls(office).length === 1, 5000, "the office to open it");
   assert.deepEqual(openedUrls(home), []);
+});
+
+test("a hostile remote's standby line: its names and addresses reach the terminal escaped, never raw", { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(t);
+  const replies = join(dir, "replies");
+  writeFileSync(join(dir, "lines"), [
+    "standby desktop=%C2%9B2J%E2%80%AEevil address=%1B%5D0%3Bt%07",
+    "standby desktop=\u009b31m\u2028x address=\u202e1.2.3.4",
+    "default",
+    "open 1 https://example.org/after-the-role-lines",
+    "",
+  ].join("\n"));
+  const rogue = `exec ${process.execPath} ${join(ROOT, "test/fixtures/rogue-client.mjs")}`;
+  const server = start(t, "server.ts", process.execPath, ["--import", "tsx", join(ROOT, "server.ts"), "--local", "--remote-command", rogue,
+    "--browser", FAKE_BROWSER, "testhost"], { env: { FAKE_BROWSER_LOG: join(dir, "opened"), ROGUE_REPLIES: replies, ROGUE_LINES: join(dir, "lines") } });
+  await waitUntil(() => existsSync(replies) && readFileSync(replies, "utf8").includes("ok 1\n"), 15_000, "the answer to the URL");
+  const terminal = server.stderr.text();
+  assert.doesNotMatch(terminal, /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\p{Cf}\u2028\u2029]/u, "a raw character on the terminal");
+  assert.match(terminal, /standing by: desktop "\\u009b2J\\u202eevil" \(from \\u001b\]0;t\\u0007\) took over/);
+  assert.match(terminal, /standing by: desktop "\\u009b31m\\u2028x" \(from \\u202e1\.2\.3\.4\) took over/);
+  assert.match(terminal, /the default desktop for this host again/);
 });
