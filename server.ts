@@ -1029,6 +1029,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
   const child = startConnection(host, options, controlPath);
   if (typeof child === "string") return Promise.resolve({ code: 69, final: true, failure: failureOf(child) });
   live.add(child);
+  if (controlPath) forwardsAsked.set(controlPath, new Map());
   return new Promise((resolve) => {
     let ended = false;
     const finish = (ending: Ending, why?: string) => {
@@ -1094,7 +1095,7 @@ const SSH_OWN_LINE = new RegExp("^(bind \\[[^\\]]*\\]:\\d+: |channel_setup_fwd_l
 const FORWARD_FAILED = /^(?:bind \[[^\]]*\]:(\d+): |channel_setup_fwd_listener_tcpip: cannot listen to port: (\d+)$|mux_master_process_open_fwd: .*?forward (?:\[[^\]]*\]|[^\s:]*):(\d+)\b)/;
 // Its line as it dies of a signal: said in the line about the connection's end.
 const KILLED_BY_SIGNAL = /^Killed by signal \d+\.?$/;
-// The desktop ports each control socket's master was asked to forward, and when.
+// The desktop ports each live connection's master was asked to forward, and when.
 const forwardsAsked = new Map<string, Map<number, number>>();
 
 // A line of ssh's stderr after the hello: ssh's own ("ssh:"), or the remote
@@ -1596,7 +1597,7 @@ type MasterAnswer = "done" | "in use" | { refusal: string };
 function askMaster(ssh: string, controlPath: string, host: string, operation: "forward" | "cancel", spec: string,
   desktopPort: number, live: Set<ChildProcess>): Promise<MasterAnswer> {
   const child = spawn(ssh, ["-S", controlPath, "-O", operation, "-L", spec, "--", host], { stdio: ["ignore", "ignore", "pipe"] });
-  forwardsAsked.set(controlPath, (forwardsAsked.get(controlPath) ?? new Map()).set(desktopPort, Date.now()));
+  forwardsAsked.get(controlPath)?.set(desktopPort, Date.now());
   live.add(child);
   let said = "";
   child.stderr.setEncoding("utf8");
