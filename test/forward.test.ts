@@ -56,7 +56,7 @@ test("ssh runs as the master of a control socket in a private 0700 directory, re
   assert.equal(existsSync(dirname(controlPath)), false, "the control directory is left behind");
 });
 
-test("loopback URLs ask ssh for a forward of their port, on the address the browser connects to; other URLs none; the fake ssh's failure is the reason", { timeout: 30_000 }, async (t) => {
+test("loopback URLs ask ssh for a forward of their port, on the address the browser connects to; other URLs none; the fake ssh's failure is the reason", { timeout: 90_000 }, async (t) => {
   const session = await startSession(t, ["--rate", "0"]);
   const controlPath = controlPathOf(JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[0]).args);
   // The first forward each URL needs: the fake ssh fails it, and that ends the URL.
