@@ -191,7 +191,7 @@ async function main(argv: string[]): Promise<number> {
     // One desktop that holds PATH keeps the one-line answer of a single desktop.
     const [only, ...others] = route!.desktops;
     if (others.length > 0 || (only && !only.holdsPath)) return reportDesktops(route!);
-    return reportStatus(await exchangeChecked(socketPath, ["status"], timeoutSeconds));
+    return reportStatus(await exchangeChecked(socketPath, ["status"], timeoutSeconds), socketPath);
   }
   // One argument is one URL: one that is not is refused here, never sent.
   const answers = urls.map(notOneUrl);
@@ -213,7 +213,7 @@ function report(message: string, code: number): number {
 // BSDs and macOS, the final NUL included; Node would cut a longer path short.
 const MAX_SOCKET_PATH_BYTES = process.platform === "linux" ? 107 : 103;
 
-type Refusal = { code: number; message: string };
+type Refusal = { code: number; message: string; noServer?: boolean };
 // The socket checked before connecting: the path to connect to (its directory
 // resolved) and the inode that was there, to be found there again once connected.
 type Found = { path: string; dev: number; ino: number };
@@ -229,7 +229,7 @@ function checkSocket(socketPath: string): Refusal | Found {
     { code: 64, message: `socket path "${path}" is ${Buffer.byteLength(path)} bytes long; this system allows at most ${MAX_SOCKET_PATH_BYTES}` };
   const uid = process.getuid?.();
   const refuse = (why: string) => ({ code: 77, message: `refusing to use socket "${socketPath}": ${why}` });
-  const noServer = { code: 69, message: `cannot connect to "${socketPath}": no server is connected on this host` };
+  const noServer = { code: 69, noServer: true, message: `cannot connect to "${socketPath}": no server is connected on this host: ${START_SERVER}` };
   try {
     const refusal = tooLong(socketPath) || defaultDirectoryRefusal(socketPath, uid);
     if (refusal) return refusal;
@@ -415,8 +415,12 @@ function notOneUrl(url: string): string | undefined {
   return undefined;
 }
 
-// The answers received, in order, and what cut the exchange short if anything did.
-type Outcome = { answers: string[]; failure?: (pending: string) => { code: number; message: string } };
+// The answers received, in order, and what cut the exchange short if anything did
+// (noServer: nothing listens on the socket).
+type Outcome = { answers: string[]; failure?: (pending: string) => { code: number; message: string; noServer?: boolean } };
+
+// What to do when no server is connected: HOST as the desktop's ssh reaches this host.
+const START_SERVER = 'on the desktop, run "server.ts HOST" with this host\'s name';
 
 // checkSocket, then exchange. A client taking the path over renames its
 // socket there (see Several desktops): a socket replaced while connecting,
@@ -459,7 +463,8 @@ function exchange(socketPath: string, found: Found, lines: string[], timeoutSeco
       if (connected) return finish(() => ({ code: 69, message: `lost the connection to "${socketPath}": ${error.message}` }));
       const noServer = error.code === "ENOENT" || error.code === "ECONNREFUSED";
       if (error.code === "EACCES") return finish(() => ({ code: 77, message: `refusing to use socket "${socketPath}": permission denied` }));
-      finish(() => ({ code: 69, message: `cannot connect to "${socketPath}": ${noServer ? "no server is connected on this host" : error.message}` }));
+      finish(() => ({ code: 69, noServer,
+        message: `cannot connect to "${socketPath}": ${noServer ? `no server is connected on this host: ${START_SERVER}` : error.message}` }));
     });
     socket.setEncoding("utf8");
     socket.on("data", (chunk: string) => {
@@ -514,7 +519,7 @@ function quoted(text: string): string {
   return printable(JSON.stringify(text));
 }
 
-function reportStatus(outcome: Outcome): number {
+function reportStatus(outcome: Outcome, socketPath: string): number {
   const [answer] = outcome.answers;
   if (answer?.startsWith("ok ")) {
     const fields = new URLSearchParams(answer.slice(3).replaceAll(" ", "&"));
@@ -523,7 +528,10 @@ function reportStatus(outcome: Outcome): number {
       ` (client pid ${field("pid")} on ${field("runtime")})\n${forwardsLine(fields.get("forwards"))}`);
     return 0;
   }
-  const why = answer ? printable(answer.replace(/^error ?/, "")) : outcome.failure?.("the status").message;
+  const failure = answer ? undefined : outcome.failure?.("the status");
+  // The reason once: "no server is connected" is what "no desktop" already says.
+  const why = answer ? printable(answer.replace(/^error ?/, ""))
+    : failure?.noServer ? `nothing listens on "${socketPath}": ${START_SERVER}` : failure?.message;
   return report(`no desktop is connected on this host: ${why}`, 69);
 }
 

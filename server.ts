@@ -28,21 +28,26 @@
 //   ./server.ts --install HOST                   put client.ts, send.ts on HOST,
 //                                                and a runtime where it has none
 //   ./server.ts --uninstall HOST                 take them away again
+//   ./server.ts --service HOST                   always on: a user service
 //
 // Exit codes: 64 usage, 69 every host's client or connection went away (or
 // --install or --uninstall failed on a HOST), 70 internal error, 73 cannot
-// write the --log file, 76 protocol mismatch, 128+N ended by signal N (130
-// Ctrl-C, 143 TERM, 129 HUP, 141 stderr closed).
+// write the --log file (or --service's, or will not replace one it did not
+// write), 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143
+// TERM, 129 HUP, 141 stderr closed).
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
-import { accessSync, appendFileSync, chmodSync, closeSync, constants, createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync,
-  readFileSync, readSync, readdirSync, readlinkSync, realpathSync, renameSync, rmSync, statSync } from "node:fs";
+import {
+  accessSync, appendFileSync, chmodSync, closeSync, constants, createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync,
+  readFileSync, readSync, readdirSync, readlinkSync, realpathSync, renameSync, rmSync, statSync, writeFileSync,
+} from "node:fs";
 import { lookup } from "node:dns";
+import { createRequire } from "node:module";
 import { connect, createServer } from "node:net";
 import type { Server, Socket } from "node:net";
 import { homedir, hostname, networkInterfaces, release, tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
@@ -53,6 +58,7 @@ const PROGRAM = "server";
 const USAGE = `Usage: server.ts [options] HOST...
        server.ts --install [--runtime NAME | --runtime-file FILE] HOST...
        server.ts --uninstall [--ssh PROGRAM] HOST...
+       server.ts --service [options] HOST... | --service --remove
 
 Run client.ts on each HOST over ssh and open here every URL sent there with
 send.ts. Runs until the last connection ends; Ctrl-C ends it. With --install,
@@ -107,6 +113,11 @@ Options:
                          without registry access
   --uninstall            instead of serving: remove from each HOST what
                          --install put there (never a file that is not ours)
+  --service              instead of serving: write a user service (systemd on
+                         Linux, launchd on macOS) that runs this server with
+                         --reconnect and the other options given, with the
+                         desktop session, restarted on failure; print how to
+                         start it and see its log. With --remove, remove it
   -h, --help             show this help
   --version              print the version, and the runtime running this and its path
 
@@ -118,11 +129,13 @@ Examples:
   npx tsx server.ts --uninstall build1     and take it all away again
   npx tsx server.ts build1 build2          serve two hosts from one terminal
   npx tsx server.ts --reconnect laptop-vm  survive sleep and network changes
+  npx tsx server.ts --service build1       always on, from the next login
   npx tsx server.ts --allow-scheme mailto --log ~/urls.log mail.example.org
 
-Exit codes: 0 --help, --version, --install or --uninstall done; 64 usage; 69
-every host's client or connection went away, or --install or --uninstall
-failed on a HOST; 70 internal error; 73 cannot write the --log file; 76
+Exit codes: 0 --help, --version, --install, --uninstall or --service done; 64
+usage; 69 every host's client or connection went away, or --install or
+--uninstall failed on a HOST; 70 internal error; 73 cannot write the --log
+file (or the --service file, or will not replace one it did not write); 76
 protocol mismatch (one HOST); 128+N ended by signal N (130 Ctrl-C, 131
 Ctrl-\\, 143 TERM, 129 HUP, 141 stderr closed)
 `;
@@ -266,6 +279,8 @@ type Options = {
   /** With --install: the runtime to provision, and the release file to take it from. */
   runtime?: RuntimeName;
   runtimeFile?: string;
+  /** --service: write (or with remove, remove) the service that runs this server with args. */
+  service?: { remove: boolean; args: string[] };
   /** Why loopback URLs' ports are not forwarded, if they are not. */
   noForwardReason?: string;
   /** How long a forward is kept with no connection through it. */
@@ -293,6 +308,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (options.install) return installHosts(options);
   if (options.uninstall) return uninstallHosts(options);
+  if (options.service) return setUpService(options.service);
   if (options.auditLog && !prepareAuditLog(options.auditLog)) return 73;
   if (options.noForwardReason === DESKTOP.noMultiplexing && DESKTOP.noMultiplexing && !options.local) {
     process.stderr.write(`${PROGRAM}: loopback URLs will be refused, not forwarded: ${DESKTOP.noMultiplexing}\n`);
@@ -309,6 +325,7 @@ async function main(argv: string[]): Promise<number> {
   // SIGUSR2, not SIGUSR1: Deno and Node start their inspector, a debugger
   // on 127.0.0.1:9229 that any local user could drive, on SIGUSR1.
   process.on("SIGUSR2", logLiveForwards);
+  watchForWakes();
   const serving = options.hosts.map((host) => serveHost(host, options, live));
   // Pushed last, so said first: a server ended by a signal says so.
   cleanups.push((signal) => {
@@ -340,6 +357,8 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
       uninstall: { type: "boolean", default: false },
       runtime: { type: "string" },
       "runtime-file": { type: "string" },
+      service: { type: "boolean", default: false },
+      remove: { type: "boolean", default: false },
       "no-forward-loopback": { type: "boolean", default: false },
       "forward-idle": { type: "string", default: String(DEFAULT_FORWARD_IDLE_SECONDS) },
       help: { type: "boolean", short: "h" },
@@ -348,7 +367,12 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
   });
   if (values.help) return "help";
   if (values.version) return "version";
-  if (positionals.length === 0) throw new Error("missing HOST");
+  if (values.remove && !values.service) throw new Error("--remove goes with --service: server.ts --service --remove");
+  if (values.service && (values.install || values.uninstall)) {
+    throw new Error(`--service and --${values.install ? "install" : "uninstall"} are two steps: run --${values.install ? "install" : "uninstall"} alone`);
+  }
+  if (values.service && values.remove && positionals.length > 0) throw new Error("--service --remove takes no HOST");
+  if (positionals.length === 0 && !values.remove) throw new Error("missing HOST");
   for (const host of positionals) {
     // ssh would read it as an option, whatever "--" says about the rest.
     if (host.startsWith("-") || host === "") throw new Error(`refusing HOST "${host}": it would be read as an ssh option`);
@@ -379,6 +403,7 @@ function parseOptions(argv: string[]): Options | "help" | "version" {
     uninstall: values.uninstall,
     runtime,
     runtimeFile,
+    service: values.service ? { remove: values.remove, args: serviceArguments(argv) } : undefined,
     noForwardReason: values["no-forward-loopback"] ? "--no-forward-loopback is set" : DESKTOP.noMultiplexing,
     forwardIdleSeconds: forwardIdleSeconds(values["forward-idle"]),
   };
@@ -1143,6 +1168,188 @@ function uninstallReport(host: string, lines: string[], code: number | null, las
   return `${why}${lastError ? `: ${lastError}` : ""}`;
 }
 
+// --service: this server as a service of the desktop session, started with
+// it and restarted on failure, under --reconnect: a systemd user unit on
+// Linux, a launchd agent on macOS. It runs the runtime running this script
+// and this script by their absolute paths, with the options given here, so
+// that neither the service manager's PATH nor its directory changes what runs.
+// Only a file that says it was written so is ever replaced or removed.
+// (No "--" in it: an XML comment cannot hold one.)
+const SERVICE_MARK = "Written by urlserver's server.ts, as a service";
+const SERVICE_NAME = "urlserver";
+const LAUNCHD_LABEL = "local.urlserver";
+// Options that take a value, and those whose value is a path to make absolute.
+const VALUE_OPTIONS = new Set(["--ssh", "--remote-command", "--browser", "--keepalive", "--allow-scheme", "--rate", "--burst", "--log"]);
+const PATH_OPTIONS = new Set(["--ssh", "--browser", "--log"]);
+// What the service passes on from this shell's environment when set here.
+const SERVICE_ENVIRONMENT = ["PATH", "URLSERVER_SSH", "URLSERVER_BROWSER", "URLSERVER_REMOTE_COMMAND"];
+
+// The server's own arguments for the service: --reconnect first, and every
+// path (--log, an --ssh or --browser given as a path) made absolute.
+function serviceArguments(argv: string[]): string[] {
+  const args: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const equals = argv[i].startsWith("--") ? argv[i].indexOf("=") : -1;
+    const name = equals === -1 ? argv[i] : argv[i].slice(0, equals);
+    if (name === "--service" || name === "--remove") continue;
+    if (!VALUE_OPTIONS.has(name)) {
+      args.push(argv[i]);
+      continue;
+    }
+    const value = equals === -1 ? argv[++i] : argv[i].slice(equals + 1);
+    args.push(name, PATH_OPTIONS.has(name) && (name === "--log" || value.includes("/")) ? resolve(value) : value);
+  }
+  return args.includes("--reconnect") ? args : ["--reconnect", ...args];
+}
+
+// The runtime running this script, as an absolute command: Node's loader
+// (tsx given by its package name) resolved to its file.
+function runtimeCommand(): string[] {
+  const script = fileURLToPath(import.meta.url);
+  const versions = process.versions as Record<string, string | undefined>;
+  if (versions.deno) return [process.execPath, "run", "--no-prompt", "--allow-run", "--allow-read", "--allow-write", "--allow-env", "--allow-sys", script];
+  if (versions.bun) return [process.execPath, script];
+  const resolveFrom = createRequire(join(process.cwd(), "noop.js"));
+  const absolute = (module: string) => {
+    if (module.startsWith("/") || module.startsWith("file:")) return module;
+    try {
+      return resolveFrom.resolve(module);
+    } catch {
+      return module;
+    }
+  };
+  const flags = process.execArgv.map((flag, i, all) => {
+    const loader = /^(--import|--loader|--experimental-loader|--require|-r)=(.*)$/.exec(flag);
+    if (loader) return `${loader[1]}=${absolute(loader[2])}`;
+    return ["--import", "--loader", "--experimental-loader", "--require", "-r"].includes(all[i - 1]) ? absolute(flag) : flag;
+  });
+  return [process.execPath, ...flags, script];
+}
+
+export type ServiceSpec = { platform: string; home: string; uid: number; command: string[]; hosts: string[]; env: Record<string, string | undefined> };
+/** The service's file and the commands that start it, show its log and stop it. */
+export type Service = { path: string; text: string; start: string; log: string; stop: string; also?: string };
+
+export function serviceDefinition(spec: ServiceSpec): Service | string {
+  const environment = SERVICE_ENVIRONMENT.flatMap((name) => spec.env[name] ? [[name, spec.env[name]!]] : []);
+  if (spec.platform === "darwin") {
+    const path = join(spec.home, "Library/LaunchAgents", `${LAUNCHD_LABEL}.plist`);
+    const log = join(spec.home, "Library/Logs", `${SERVICE_NAME}.log`);
+    return { path, text: launchdAgent(spec.command, environment, log), start: `launchctl bootout gui/${spec.uid}/${LAUNCHD_LABEL} 2>/dev/null; launchctl bootstrap gui/${spec.uid} ${shellWord(path)}`,
+      log: `tail -f ${shellWord(log)}`, stop: `launchctl bootout gui/${spec.uid}/${LAUNCHD_LABEL}` };
+  }
+  if (spec.platform === "win32") return "Windows has neither systemd nor launchd: start server.ts --reconnect HOST from a shortcut in the Startup folder";
+  const path = join(spec.home, ".config/systemd/user", `${SERVICE_NAME}.service`);
+  return { path, text: systemdUnit(spec.command, environment, spec.hosts),
+    start: `systemctl --user daemon-reload && systemctl --user enable ${SERVICE_NAME}.service && systemctl --user restart ${SERVICE_NAME}.service`,
+    log: `journalctl --user -u ${SERVICE_NAME}.service -f`,
+    stop: `systemctl --user stop ${SERVICE_NAME}.service; systemctl --user daemon-reload`,
+    also: join(spec.home, ".config/systemd/user/graphical-session.target.wants", `${SERVICE_NAME}.service`) };
+}
+
+// The session's DISPLAY, WAYLAND_DISPLAY, DBUS_SESSION_BUS_ADDRESS and
+// SSH_AUTH_SOCK (what the opener and ssh need) are in the user manager's
+// environment once the desktop has imported them at login, as GNOME, KDE and
+// most others do when they start graphical-session.target.
+function systemdUnit(command: string[], environment: string[][], hosts: string[]): string {
+  // systemd reads %specifiers and $variables in these lines, and C escapes in quotes.
+  const quoted = (text: string) => `"${text.replace(/[\\"%$\n]/g, (c) => ({ "\\": "\\\\", '"': '\\"', "%": "%%", $: "$$", "\n": "\\n" })[c]!)}"`;
+  return [
+    `# ${SERVICE_MARK}; "server.ts --service --remove" removes it.`,
+    "[Unit]",
+    `Description=urlserver: open URLs from ${hosts.join(" ").replace(/%/g, "%%").replace(/[\p{Cc}]/gu, "")} in this desktop's browser`,
+    "# Started with the graphical session, whose DISPLAY, WAYLAND_DISPLAY,",
+    "# DBUS_SESSION_BUS_ADDRESS and SSH_AUTH_SOCK the desktop imports at login; a",
+    "# desktop that does not: systemctl --user import-environment DISPLAY SSH_AUTH_SOCK",
+    "PartOf=graphical-session.target",
+    "After=graphical-session.target",
+    "",
+    "[Service]",
+    `ExecStart=${command.map(quoted).join(" ")}`,
+    ...environment.map(([name, value]) => `Environment=${quoted(`${name}=${value}`)}`),
+    "Restart=on-failure",
+    "RestartSec=5",
+    "",
+    "[Install]",
+    "WantedBy=graphical-session.target",
+    "",
+  ].join("\n");
+}
+
+// launchd gives agents of the GUI session (Aqua) the user's SSH_AUTH_SOCK;
+// macOS's opener needs nothing more.
+function launchdAgent(command: string[], environment: string[][], log: string): string {
+  const xml = (text: string) => text.replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" })[c]!);
+  const string = (text: string) => `<string>${xml(text)}</string>`;
+  return [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    '<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">',
+    `<!-- ${SERVICE_MARK}; server.ts with its options service and remove removes it. -->`,
+    '<plist version="1.0">',
+    "<dict>",
+    `  <key>Label</key>${string(LAUNCHD_LABEL)}`,
+    "  <key>ProgramArguments</key>",
+    "  <array>",
+    ...command.map((arg) => `    ${string(arg)}`),
+    "  </array>",
+    "  <key>EnvironmentVariables</key>",
+    "  <dict>",
+    ...environment.map(([name, value]) => `    <key>${xml(name)}</key>${string(value)}`),
+    "  </dict>",
+    "  <key>LimitLoadToSessionType</key><string>Aqua</string>",
+    "  <key>RunAtLoad</key><true/>",
+    "  <key>KeepAlive</key><dict><key>SuccessfulExit</key><false/></dict>",
+    `  <key>StandardErrorPath</key>${string(log)}`,
+    "</dict>",
+    "</plist>",
+    "",
+  ].join("\n");
+}
+
+function shellWord(text: string): string {
+  return /^[\w./-]+$/.test(text) ? text : `'${text.replace(/'/g, "'\\''")}'`;
+}
+
+// Writes (or removes) the service; what to run next goes to stdout.
+function setUpService(service: { remove: boolean; args: string[] }): number {
+  const hosts = service.args.filter((arg, i, all) => !arg.startsWith("-") && !VALUE_OPTIONS.has(all[i - 1]));
+  const definition = serviceDefinition({ platform: process.platform, home: homedir(), uid: process.getuid?.() ?? 0,
+    command: [...runtimeCommand(), ...service.args], hosts, env: process.env });
+  const problem = (why: string, code = 73) => {
+    process.stderr.write(`${PROGRAM}: ${why}\n`);
+    return code;
+  };
+  if (typeof definition === "string") return problem(`cannot set up a service: ${definition}`, 69);
+  const say = (line: string) => process.stdout.write(`${line}\n`);
+  const current = lstatSync(definition.path, { throwIfNoEntry: false });
+  if (current && !(current.isFile() && readFileSync(definition.path, "utf8").includes(SERVICE_MARK))) {
+    return problem(`will not ${service.remove ? "remove" : "replace"} "${definition.path}": server.ts --service did not write it`);
+  }
+  if (service.remove) {
+    if (!current) return (say(`no service to remove: "${definition.path}" does not exist`), 0);
+    rmSync(definition.path);
+    // The link "systemctl enable" made, if it leads to the file removed.
+    const link = definition.also && lstatSync(definition.also, { throwIfNoEntry: false });
+    if (link && link.isSymbolicLink() && readlinkSync(definition.also!) === definition.path) rmSync(definition.also!);
+    say(`removed "${definition.path}"`);
+    say(`stop the one running now: ${definition.stop}`);
+    return 0;
+  }
+  const temporary = `${definition.path}.${process.pid}.tmp`;
+  try {
+    mkdirSync(dirname(definition.path), { recursive: true });
+    writeFileSync(temporary, definition.text, { flag: "wx", mode: 0o644 });
+    renameSync(temporary, definition.path);
+  } catch (error) {
+    rmSync(temporary, { force: true });
+    return problem(`cannot write "${definition.path}": ${(error as Error).message}`);
+  }
+  say(`wrote "${definition.path}": server.ts ${service.args.join(" ")}, with the desktop session, restarted on failure`);
+  say(`start it now and at every login: ${definition.start}`);
+  say(`see its log: ${definition.log}`);
+  return 0;
+}
+
 // The ssh masters' control sockets give access to the connections, so they
 // live in a directory only this user can enter (mkdtemp makes it 0700). ssh
 // reads a ControlPath as words with %-tokens, and socket paths are short: a
@@ -1271,7 +1478,7 @@ async function serveHost(host: string, options: Options, live: Set<ChildProcess>
     const waitMs = Math.max(0, started + spacingMs - Date.now());
     if (ending.failure) outage.failed(attempt, started, ending.failure, waitMs);
     else outage.lost(attempt + 1, waitMs);
-    await new Promise((resolve) => setTimeout(resolve, waitMs));
+    await waitOrWake(waitMs);
     spacingMs = Math.min(MAX_ATTEMPT_SPACING_MS, spacingMs * 2);
   }
 }
@@ -1334,6 +1541,91 @@ function duration(ms: number): string {
   return `${Math.floor(minutes / 60)} h${minutes % 60 ? ` ${minutes % 60} min` : ""}`;
 }
 
+// Sleep, freezes and network changes. A connection whose network went away
+// while the desktop slept is otherwise found dead only after three silent
+// keepalive intervals. Every WAKE_CHECK_MS the clocks and the desktop's
+// interface addresses are looked at: the wall clock ahead of the monotonic
+// one is a suspend (the monotonic clock stops while the machine sleeps), a
+// check that came late is a freeze (a stopped process, a paused VM), another
+// set of addresses a network change. Then every connection is probed at once,
+// and one that does not answer within PROBE_MS is lost (reconnected under
+// --reconnect), its ssh master and forwards with it; hosts waiting to
+// reconnect try again at once.
+const WAKE_CHECK_MS = 2000;
+// Late or ahead by this much: more than a loaded machine's timers lag.
+const WAKE_SLACK_MS = 5000;
+const PROBE_MS = 3000;
+
+export type WakeSample = { wallMs: number; monotonicMs: number; addresses: string };
+
+/** What happened between two samples taken intervalMs apart, in words, or undefined for nothing. */
+export function wakeReason(before: WakeSample, now: WakeSample, intervalMs: number): string | undefined {
+  const wall = now.wallMs - before.wallMs;
+  const monotonic = now.monotonicMs - before.monotonicMs;
+  if (wall - monotonic > WAKE_SLACK_MS) return `the desktop slept (for ${duration(wall - monotonic)})`;
+  if (monotonic - intervalMs > WAKE_SLACK_MS) return `this server was frozen (for ${duration(monotonic - intervalMs)})`;
+  if (now.addresses !== before.addresses) return "the desktop's network changed";
+  return undefined;
+}
+
+/** The desktop's own addresses, loopback left out, in one comparable string. */
+export function desktopAddresses(interfaces: ReturnType<typeof networkInterfaces>): string {
+  return Object.values(interfaces).flatMap((entries) => (entries ?? []).filter((entry) => !entry.internal).map((entry) => entry.address))
+    .sort().join(" ");
+}
+
+// What a wake sets going: each live connection's probe, each waiting host's next attempt.
+const onWake = new Set<(reason: string) => void>();
+
+function watchForWakes(): void {
+  const sample = (): WakeSample => ({ wallMs: Date.now(), monotonicMs: performance.now(), addresses: desktopAddresses(networkInterfaces()) });
+  let last = sample();
+  const timer = setInterval(() => {
+    const now = sample();
+    const reason = wakeReason(last, now, WAKE_CHECK_MS);
+    last = now;
+    if (!reason) return;
+    process.stderr.write(`${new Date().toISOString()} ${reason}: checking every connection\n`);
+    for (const wake of [...onWake]) wake(reason);
+  }, WAKE_CHECK_MS);
+  timer.unref();
+}
+
+// A ping that must be answered within PROBE_MS, sent on a wake once the
+// client has said hello; any line from the client answers it.
+function wakeProbe(greeted: () => boolean, send: (line: string) => void, lost: (why: string) => void) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const probe = (reason: string) => {
+    if (!greeted() || timer) return;
+    send("ping");
+    timer = setTimeout(() => lost(`no answer within ${PROBE_MS / 1000} s to a ping after ${reason.replace(/ \(.*\)$/, "")}: connection lost`), PROBE_MS);
+  };
+  onWake.add(probe);
+  return {
+    heard() {
+      clearTimeout(timer);
+      timer = undefined;
+    },
+    stop() {
+      clearTimeout(timer);
+      onWake.delete(probe);
+    },
+  };
+}
+
+// The wait before a host's next attempt, cut short by a wake.
+function waitOrWake(ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      onWake.delete(done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    onWake.add(done);
+  });
+}
+
 // The child whose stdin and stdout are the channel: ssh, or the client itself.
 function startConnection(host: string, options: Options, controlPath?: string): ChildProcessWithoutNullStreams | string {
   let command: string;
@@ -1392,6 +1684,7 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
   const child = startConnection(host, options, controlPath);
   if (typeof child === "string") return Promise.resolve({ code: 69, final: true, failure: failureOf(child) });
   live.add(child);
+  if (controlPath) forwardsAsked.set(controlPath, new Map());
   return new Promise((resolve) => {
     let ended = false;
     const finish = (ending: Ending, why?: string) => {
@@ -1400,36 +1693,78 @@ function serveConnection(host: string, options: Options, live: Set<ChildProcess>
       if (why) log(host, `disconnected: ${why}`);
       session.stop();
       beforeHello.stop();
+      probe.stop();
+      if (controlPath) forwardsAsked.delete(controlPath);
       child.kill("SIGTERM");
       live.delete(child);
       resolve(ending);
     };
     const end = (code: number, why: string, final = false) => finish({ code, final }, why);
     const beforeHello = helloWait(host, options, state.budget, (failure, final) => finish({ code: 69, final, failure }), onHello);
-    const session = sessionState(host, options, writeWithBackpressure(child), end, state, { controlPath, live }, beforeHello);
+    const send = writeWithBackpressure(child);
+    const session = sessionState(host, options, send, end, state, { controlPath, live }, beforeHello);
+    const probe = wakeProbe(() => beforeHello.greeted, send, (why) => end(69, why));
     const what = options.local ? "the client" : "ssh";
     child.on("error", (error) => {
       const why = `cannot run "${options.local ? "sh" : options.ssh}": ${error.message}`;
       return beforeHello.greeted ? end(69, why, true) : beforeHello.fail(why, true);
     });
-    child.on("exit", (code, signal) => beforeHello.greeted ? end(69, `${what} exited with ${signal ?? `status ${code}`}`)
-      : beforeHello.exited(code, signal));
-    child.stdout.on("end", () => beforeHello.greeted ? end(69, "the client's output ended (client or connection gone)")
-      : beforeHello.outputEnded());
+    child.on("exit", (code, signal) => afterOwnSignals(() => beforeHello.greeted
+      ? end(69, `${what} exited with ${signal ?? `status ${code}`}`) : beforeHello.exited(code, signal)));
+    child.stdout.on("end", () => afterOwnSignals(() => beforeHello.greeted
+      ? end(69, "the client's output ended (client or connection gone)") : beforeHello.outputEnded()));
     child.stdin.on("error", () => { /* the exit or end above reports it */ });
-    // The remote side's own messages: bounded, budgeted, made safe for the terminal.
+    // The remote side's own messages, and ssh's: bounded, budgeted, made safe for the terminal.
     readLines(child.stderr, MAX_REMOTE_LINE_BYTES, (line, length) => {
       const text = printable(cut(line, length, MAX_REMOTE_LINE_BYTES));
-      if (!beforeHello.hold(text, "stderr") && state.budget.allows("remote")) log(host, `remote: ${text}`);
+      if (!beforeHello.hold(text, "stderr")) showStderrLine(host, text, !options.local, controlPath, state.budget);
     }, true);
-    child.stderr.on("end", () => beforeHello.stderrEnded());
+    child.stderr.on("end", () => afterOwnSignals(() => beforeHello.stderrEnded()));
     readLines(child.stdout, MAX_CHANNEL_LINE_BYTES, (line, length) => {
+      probe.heard();
       if (length > MAX_CHANNEL_LINE_BYTES) session.onLine(line.subarray(0, LINE_HEAD_BYTES).toString(), `a ${length}-byte line is too long`);
       else decodeLine(line, session.onLine);
     });
     child.stdin.write(`hello ${PROTOCOL} keepalive=${options.keepaliveSeconds} schemes=${[...options.schemes].join(",")}` +
       ` desktop=${encodeURIComponent(options.name)} version=${VERSION} standby=1\n`);
   });
+}
+
+// Ctrl-C in the terminal signals ssh too (it is in the same process group,
+// and must stay there to ask for a password): its end is looked at a moment
+// later, so that a server being stopped says "stopping" and nothing else.
+// Not a session of its own for ssh: /dev/tty would be gone for its prompts.
+const OWN_SIGNAL_GRACE_MS = 100;
+
+function afterOwnSignals(then: () => void): void {
+  setTimeout(then, OWN_SIGNAL_GRACE_MS);
+}
+
+// ssh's own lines on its stderr, told from the remote side's by their words
+// (the remote side could imitate them: all it gains is the label): OpenSSH's
+// errors and notices, the function-prefixed ones included.
+const SSH_OWN_LINE = new RegExp("^(bind \\[[^\\]]*\\]:\\d+: |channel_setup_fwd_listener_tcpip: |mux_[a-z_]+: |channel \\d+: |" +
+  "client_loop: |Connection to \\S+ closed|Shared connection to \\S+ closed|Timeout, server \\S+ not responding|" +
+  "Warning: Permanently added |Read from remote host |packet_write_wait: |Connection closed by |Transferred: )");
+// Its words for a forward that could not listen, and the desktop port they name.
+const FORWARD_FAILED = /^(?:bind \[[^\]]*\]:(\d+): |channel_setup_fwd_listener_tcpip: cannot listen to port: (\d+)$|mux_master_process_open_fwd: .*?forward (?:\[[^\]]*\]|[^\s:]*):(\d+)\b)/;
+// Its line as it dies of a signal: said in the line about the connection's end.
+const KILLED_BY_SIGNAL = /^Killed by signal \d+\.?$/;
+// The desktop ports each live connection's master was asked to forward, and when.
+const forwardsAsked = new Map<string, Map<number, number>>();
+
+// A line of ssh's stderr after the hello: ssh's own ("ssh:"), or the remote
+// side's ("remote:"). A forward that failed for a port this server asked for
+// is not shown: the URL's own line says what became of it (another port, or
+// a refusal), and a port moved as expected is no error.
+function showStderrLine(host: string, text: string, viaSsh: boolean, controlPath: string | undefined, budget: LogBudget): void {
+  if (viaSsh && KILLED_BY_SIGNAL.test(text)) return;
+  const own = viaSsh && SSH_OWN_LINE.test(text);
+  const failed = own && controlPath ? FORWARD_FAILED.exec(text) : null;
+  const port = failed ? Number(failed[1] ?? failed[2] ?? failed[3]) : undefined;
+  const askedAt = port === undefined ? undefined : forwardsAsked.get(controlPath!)?.get(port);
+  if (askedAt !== undefined && Date.now() - askedAt < 2 * FORWARD_TIMEOUT_MS) return;
+  if (budget.allows("remote")) log(host, `${own ? "ssh" : "remote"}: ${text}`);
 }
 
 // A connection that ended before the client's hello: the line that says why,
@@ -1474,7 +1809,7 @@ function helloWait(host: string, options: Options, budget: LogBudget, fail: (fai
   const show = () => {
     if (notKept > 0 && budget.allows("remote")) log(host, `… ${notKept} earlier remote lines before the hello, not kept`);
     notKept = 0;
-    for (const line of held.splice(0)) if (budget.allows("remote")) log(host, `remote: ${line}`);
+    for (const line of held.splice(0)) if (budget.allows("remote")) log(host, `${!options.local && SSH_OWN_LINE.test(line) ? "ssh" : "remote"}: ${line}`);
   };
   // ssh has exited, and said its last word (or has had the time to).
   const failExited = () => {
@@ -2273,6 +2608,7 @@ type MasterAnswer = "done" | "in use" | { refusal: string };
 function askMaster(ssh: string, controlPath: string, host: string, operation: "forward" | "cancel", spec: string,
   desktopPort: number, live: Set<ChildProcess>): Promise<MasterAnswer> {
   const child = spawn(ssh, ["-S", controlPath, "-O", operation, "-L", spec, "--", host], { stdio: ["ignore", "ignore", "pipe"] });
+  forwardsAsked.get(controlPath)?.set(desktopPort, Date.now());
   live.add(child);
   let said = "";
   child.stderr.setEncoding("utf8");
@@ -2313,15 +2649,17 @@ function rateLimiter(perSecond: number, burst: number): () => boolean {
 }
 
 // The opener gets the URL byte for byte as its last argument, with no shell.
-// It is detached with its output ignored: some openers live as long as the
-// browser, and Ctrl-C here must not reach the browser. The URL counts as
-// opened when the opener exits 0, or is still running after OPENER_WAIT_MS
-// (a browser that stays in the foreground); an opener that fails sooner (an
-// xdg-open that finds no browser exits 3) is a refusal the sender hears of.
+// It is detached: some openers live as long as the browser, and Ctrl-C here
+// must not reach the browser. The URL counts as opened when the opener exits
+// 0, or is still running after OPENER_WAIT_MS (a browser that stays in the
+// foreground); an opener that fails sooner (an xdg-open that finds no browser
+// exits 3) is a refusal the sender hears of, with the opener's last line.
+// One line per URL: the opener's exit is said only when it tells something.
 // asSent is the URL as the remote sent it, when its port was moved.
 function openUrl(url: string, host: string, options: Options, answer: (refusal?: string) => void, note = "", asSent = url): void {
   const [program, ...args] = options.browser;
-  const child = spawn(program, [...args, url], { detached: true, stdio: "ignore" });
+  const child = spawn(program, [...args, url], { detached: true, stdio: ["ignore", "ignore", "pipe"] });
+  const said = openerWords(child);
   let decided = false;
   const decide = (refusal?: string, how = "") => {
     if (decided) return;
@@ -2338,13 +2676,48 @@ function openUrl(url: string, host: string, options: Options, answer: (refusal?:
     answer();
   };
   const waiting = setTimeout(() => decide(undefined, `, still running after ${OPENER_WAIT_MS / 1000} s`), OPENER_WAIT_MS);
-  child.on("error", (error) => decide(`the desktop cannot run its opener "${program}" (${error.message}): ` +
-    "choose one with server.ts --browser PROGRAM or URLSERVER_BROWSER"));
+  child.on("error", (error) => decide(`the desktop cannot run its opener "${program}" (${error.message}): ${CHOOSE_OPENER}`));
   child.on("exit", (code, signal) => {
-    decide(code === 0 ? undefined : `the desktop's opener "${program}" failed (${signal ?? `exit ${code}`})`, ", exit 0");
-    log(host, `${program} (pid ${child.pid}) exited with ${signal ?? `status ${code}`}`);
+    const status = signal ?? `exit ${code}`;
+    if (code === 0) return decide(undefined, ", exit 0");
+    // A browser that failed after it counted as opened: worth a line of its own.
+    if (decided) return said.last().then((last) => log(host, `${program} (pid ${child.pid}) exited with ${signal ?? `status ${code}`}${last ? `: ${last}` : ""}`));
+    clearTimeout(waiting);
+    said.last().then((last) => decide(`the desktop's opener "${program}" failed (${status}${last ? `: ${last}` : ""}): ${CHOOSE_OPENER}`));
   });
   child.unref();
+}
+
+const CHOOSE_OPENER = "choose one with server.ts --browser PROGRAM or URLSERVER_BROWSER";
+// Of the opener's stderr only its last line is kept, this much of it, escaped.
+const MAX_OPENER_LINE_BYTES = 200;
+// How long an opener that has exited is given to say its last word: the
+// browser it started may hold its stderr open for good.
+const OPENER_LAST_WORD_MS = 200;
+
+// The opener's stderr, read to its end however long a browser holds it, so
+// that nothing it writes there fails; only the last line is kept.
+function openerWords(child: ChildProcess): { last: () => Promise<string> } {
+  let last = "";
+  let ended = false;
+  const stderr = child.stderr!;
+  readLines(stderr, MAX_OPENER_LINE_BYTES, (line, length) => {
+    const text = printable(cut(line, length, MAX_OPENER_LINE_BYTES)).trim();
+    if (text) last = text;
+  }, true);
+  stderr.on("end", () => { ended = true; });
+  // The pipe must not keep the server from exiting when a browser holds it.
+  (stderr as { unref?: () => void }).unref?.();
+  return {
+    last: () => new Promise((resolve) => {
+      if (ended) return resolve(last);
+      const timer = setTimeout(() => resolve(last), OPENER_LAST_WORD_MS);
+      stderr.once("end", () => {
+        clearTimeout(timer);
+        resolve(last);
+      });
+    }),
+  };
 }
 
 function notify(notifier: string[], host: string, url: string): void {

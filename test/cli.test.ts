@@ -76,5 +76,6 @@ test("send.ts times out with exit 75 when nothing answers, naming the URL", { ti
   const result = await run(t, "send.ts", ["--socket", socket, "--timeout", "1", "https://example.org/slow"]);
   assert.equal(result.code, 75);
   assert.equal(result.stderr, notOpened(['send: timed out after 1 s waiting for the desktop to open "https://example.org/slow"'], ["https://example.org/slow"]));
-  assert.ok(result.ms < 5000, `took ${Math.round(result.ms)} ms`);
+  // --timeout 1 was heeded: well before the default 10 s, whatever the load.
+  assert.ok(result.ms < 8000, `took ${Math.round(result.ms)} ms`);
 });

@@ -64,6 +64,19 @@ test("a login banner before the hello is shown, before the line that says the cl
   assert.equal(lines.length, 3);
 });
 
+test("ssh's own lines are labelled ssh:, not remote:, and the remote side's remote:", { timeout: 15_000 }, async (t) => {
+  // The fake ssh relays the remote command's stderr as ssh does: ssh's own words come the same way.
+  const said = `echo 'Warning: Permanently added build1 (ED25519) to the list of known hosts.' >&2; echo 'Welcome to build1' >&2; ${CLIENT_COMMAND}`;
+  const server = startScript(t, "server.ts", ["--ssh", FAKE_SSH, "--remote-command", said, "--browser", FAKE_BROWSER, "build1"],
+    { env: { URLSERVER_SOCKET: `${tempDir(t)}/sock` } });
+  await server.stderr.waitFor(/ build1: connected: client pid \d+/, 10_000);
+  const lines = untimed(server.stderr.text());
+  assert.deepEqual(lines.slice(0, 2).sort(), [
+    "build1: remote: Welcome to build1",
+    "build1: ssh: Warning: Permanently added build1 (ED25519) to the list of known hosts.",
+  ]);
+});
+
 test("what the remote side says before a hello that is slow to come is shown after a few seconds", { timeout: 20_000 }, async (t) => {
   const slow = "echo 'npm warn exec The following package was not found and will be installed: tsx' >&2; exec sleep 60";
   const server = startScript(t, "server.ts", ["--ssh", FAKE_SSH, "--remote-command", slow, "--browser", FAKE_BROWSER, "build1"]);

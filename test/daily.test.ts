@@ -86,7 +86,9 @@ test("send.ts --status: the desktop's name, since when, the client's runtime; ex
   const nothing = await send(t, session, ["--status"]);
   assert.equal(nothing.code, 69);
   assert.equal(nothing.stdout, "");
-  assert.equal(nothing.stderr, `send: no desktop is connected on this host: cannot connect to "${session.socket}": no server is connected on this host`);
+  // The reason once, and what to do about it.
+  assert.equal(nothing.stderr, `send: no desktop is connected on this host: nothing listens on "${session.socket}": ` +
+    'on the desktop, run "server.ts HOST" with this host\'s name');
 });
 
 test("the fallback on a terminal: each URL not opened as an OSC 8 hyperlink on stderr", { timeout: 20_000 }, async (t) => {

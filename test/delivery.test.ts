@@ -112,23 +112,51 @@ test("an opener that cannot be run is a refusal saying how to choose another, ex
     "(spawn /nonexistent/browser ENOENT): choose one with server.ts --browser PROGRAM or URLSERVER_BROWSER"], ["https://example.org/x"]));
 });
 
-test("an opener that fails (xdg-open finding no browser exits 3) is a refusal with its status, not ok; logged and audited", { timeout: 20_000 }, async (t) => {
+test("an opener that fails (xdg-open finding no browser exits 3) is a refusal with its status and last line, naming --browser; logged and audited", { timeout: 20_000 }, async (t) => {
   const dir = tempDir(t);
   const failing = join(dir, "xdg-open");
-  writeFileSync(failing, "#!/bin/sh\necho 'xdg-open: no method available for opening' >&2\nexit 3\n");
+  writeFileSync(failing, "#!/bin/sh\necho 'some earlier line' >&2\necho \"xdg-open: no method available for opening '$1'\" >&2\nexit 3\n");
   chmodSync(failing, 0o755);
   const log = join(dir, "urls.log");
   const session = await startSession(t, ["--browser", failing, "--log", log], { dir });
   const result = await send(t, session, ["https://example.org/nowhere"]);
   assert.equal(result.code, 65);
-  const reason = `the desktop's opener "${failing}" failed (exit 3)`;
+  const reason = `the desktop's opener "${failing}" failed (exit 3: xdg-open: no method available for opening 'https://example.org/nowhere'): ` +
+    "choose one with server.ts --browser PROGRAM or URLSERVER_BROWSER";
   assert.equal(result.stderr, notOpened([`send: refused "https://example.org/nowhere": ${reason}`], ["https://example.org/nowhere"]));
   assert.match(session.server.stderr.text(), new RegExp(`testhost: cannot open "https://example.org/nowhere": ${reason.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&")}`));
   const [entry] = readFileSync(log, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line));
   assert.deepEqual([entry.decision, entry.reason], ["refused", reason]);
 });
 
-test("an opener still running after 1 s (a browser in the foreground) counts as opened: ok within 1.5 s", { timeout: 20_000 }, async (t) => {
+test("a failing opener's last line is shown escaped and cut, on both ends", { timeout: 20_000 }, async (t) => {
+  const dir = tempDir(t);
+  const failing = join(dir, "opener");
+  // An escape sequence, then a line far longer than a message should be.
+  writeFileSync(failing, `#!/bin/sh\nprintf 'bad \\033]0;title\\007 opener %0500d\\n' 0 >&2\nexit 4\n`);
+  chmodSync(failing, 0o755);
+  const session = await startSession(t, ["--browser", failing], { dir });
+  const result = await send(t, session, ["https://example.org/escaped"]);
+  assert.equal(result.code, 65);
+  const [line] = result.stderr.split("\n");
+  assert.match(line, /^send: refused "https:\/\/example\.org\/escaped": the desktop's opener "\S+" failed \(exit 4: bad \\u001b\]0;title\\u0007 opener 0+… \(\d+ more bytes not shown\)\): choose one with server\.ts --browser PROGRAM or URLSERVER_BROWSER$/);
+  assert.ok(line.length < 500, `${line.length} characters`);
+  assert.doesNotMatch(session.server.stderr.text(), /[\u0007\u001b]/);
+  assert.match(session.server.stderr.text(), /testhost: cannot open "https:\/\/example\.org\/escaped": the desktop's opener .* --browser PROGRAM or URLSERVER_BROWSER$/m);
+});
+
+test("one line per URL opened: the opener's exit is in it, not on a line of its own", { timeout: 20_000 }, async (t) => {
+  const session = await startSession(t);
+  const result = await send(t, session, ["https://example.org/one-line"]);
+  assert.equal(result.code, 0, result.stderr);
+  await assertOpenedExactly(session, ["https://example.org/one-line"]);
+  // A later line would come at the opener's exit, which the "exit 0" says has been.
+  const lines = session.server.stderr.seen.filter((line) => !/ connected: /.test(line));
+  assert.equal(lines.length, 1, lines.join("\n"));
+  assert.match(lines[0], /Z testhost: opened "https:\/\/example\.org\/one-line" with \S+ \(pid \d+, exit 0\)$/);
+});
+
+test("an opener still running after 1 s (a browser in the foreground) counts as opened: ok after 1 s, while it runs", { timeout: 20_000 }, async (t) => {
   const dir = tempDir(t);
   const foreground = join(dir, "browser");
   writeFileSync(foreground, `#!/bin/sh\necho $$ >> ${join(dir, "pids")}\nexec sleep 30\n`);
@@ -140,7 +168,10 @@ test("an opener still running after 1 s (a browser in the foreground) counts as 
   for (const pid of readFileSync(join(dir, "pids"), "utf8").split("\n").filter(Boolean)) t.after(() => killIfAlive(Number(pid)));
   assert.deepEqual(answers, ["ok"]);
   t.diagnostic(`ok after ${Math.round(ms)} ms`);
-  assert.ok(ms >= 1000 && ms < 1500, `ok after ${Math.round(ms)} ms`);
+  // Not before the second, and while the opener still runs (its 30 s sleep):
+  // how soon after the second is load's to decide, and the bench's to time.
+  assert.ok(ms >= 1000 && ms < 10_000, `ok after ${Math.round(ms)} ms`);
+  assert.ok(readFileSync(join(dir, "pids"), "utf8").split("\n").filter(Boolean).every((pid) => isAlive(Number(pid))), "the opener had ended");
   assert.match(session.server.stderr.text(), /testhost: opened "https:\/\/example.org\/foreground" with \S+ \(pid \d+, still running after 1 s\)/);
 });
 
@@ -156,19 +187,20 @@ for (const [tool, packageName, command] of [
   ["nc", "netcat-openbsd", 'echo "$URL" | nc -U "$SOCK"'],
   ["socat", "socat", 'echo "$URL" | socat - UNIX-CONNECT:"$SOCK"'],
 ] as const) {
-  test(`the one-liner \`${command}\` gets "ok" and ends within a second; the URL opens once`, { timeout: 20_000 }, async (t) => {
+  test(`the one-liner \`${command}\` gets "ok" and ends by itself; the URL opens once`, { timeout: 20_000 }, async (t) => {
     if (!needs(t, onPath(tool) ? undefined : `${tool} (Debian: ${packageName})`)) return;
     const session = await startSession(t);
     const url = `https://example.org/one-liner/${tool}`;
     const started = performance.now();
     const oneLiner = start(t, tool, "sh", ["-c", command], { env: { URL: url, SOCK: session.socket }, stdin: "ignore" });
-    const exit = await waitForExit(oneLiner, 5000, command);
+    const exit = await waitForExit(oneLiner, 10_000, command);
     const ms = performance.now() - started;
     t.diagnostic(`${tool} ended after ${Math.round(ms)} ms`);
     assert.equal(exit.code, 0, oneLiner.stderr.text());
     await waitUntil(() => oneLiner.stdout.ended, 2000, `${tool}'s output to end`);
     assert.equal(oneLiner.stdout.text(), "ok");
-    assert.ok(ms < 1000, `${tool} took ${Math.round(ms)} ms`);
+    // Ended by the client's 300 ms after the answer, not its 10 s idle bound.
+    assert.ok(ms < 8000, `${tool} took ${Math.round(ms)} ms`);
     await assertOpenedExactly(session, [url]);
   });
 }

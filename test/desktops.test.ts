@@ -106,8 +106,8 @@ test("send.ts --status lists every desktop: name, address, since when, the defau
   const since = "\\d{4}-\\d\\d-\\d\\dT\\S+Z";
   const [first, second, ...rest] = status.stdout.split("\n");
   assert.deepEqual(rest, []);
-  assert.match(first, new RegExp(`^connected to desktop "home" since ${since} \\(client pid ${home.clientPid} on node/\\S+ with tsx\\), from 10\\.1\\.0\\.2, the default$`));
-  assert.match(second, new RegExp(`^connected to desktop "office" since ${since} \\(client pid ${office.clientPid} on node/\\S+ with tsx\\), from 10\\.1\\.0\\.1, used by this session$`));
+  assert.match(first, new RegExp(`^connected to desktop "home" since ${since} \\(client pid ${home.clientPid} on node/\\S+ with tsx from \\S+\\), from 10\\.1\\.0\\.2, the default$`));
+  assert.match(second, new RegExp(`^connected to desktop "office" since ${since} \\(client pid ${office.clientPid} on node/\\S+ with tsx from \\S+\\), from 10\\.1\\.0\\.1, used by this session$`));
   const fromNowhere = await sendFrom(t, socket, undefined, ["--status"]);
   assert.match(fromNowhere.stdout.split("\n")[0], /, from 10\.1\.0\.2, the default, used by this session$/);
 });

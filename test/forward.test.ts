@@ -132,8 +132,8 @@ test("an ssh master that never answers a forward request: refused after 10 s, th
   const result = await sending;
   assert.equal(result.code, 65, result.stderr);
   assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: forwarding desktop port 8125 took longer than 10 s`], [url]));
-  assert.ok(result.ms >= 9900 && result.ms < 15_000, `refused after ${Math.round(result.ms)} ms`);
-  await waitUntil(() => !isAlive(request), 2000, "the hung forward request to be killed");
+  assert.ok(result.ms >= 9900 && result.ms < 25_000, `refused after ${Math.round(result.ms)} ms`);
+  await waitUntil(() => !isAlive(request), 5000, "the hung forward request to be killed");
   const after = await send(t, session, ["https://example.org/still-served"]);
   assert.equal(after.code, 0, after.stderr);
 });
@@ -403,6 +403,9 @@ test("over real ssh: localhost is forwarded on 127.0.0.1 and ::1; with the deskt
   for (const address of ["127.0.0.1", "[::1]"]) assert.equal((await fetchOnDesktop(t, forwarding, 8151, address)).body, TOKEN, address);
   // Half a forward is none: 127.0.0.1:8150, free, was given back when ::1 turned out taken.
   assert.equal((await fetchOnDesktop(t, forwarding, 8150, "127.0.0.1")).error, "ECONNREFUSED");
+  // The master's own words for the port it could not listen on (bind, cannot
+  // listen, mux_master_process_open_fwd ... failed) are no error here, nor remote output.
+  assert.deepEqual(session.server.stderr.seen.filter((line) => / (remote|ssh): /.test(line)), []);
   assert.equal((await fetchOnDesktop(t, forwarding, 8150, "[::1]")).body, "the desktop's own server");
 
   const oauth = "https://auth.example/authorize?redirect_uri=http%3A%2F%2Flocalhost%3A8150%2Fcb";

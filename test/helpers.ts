@@ -15,6 +15,8 @@ export const FAKE_SSH = join(ROOT, "test/fixtures/fake-ssh.mjs");
 export const FAKE_BROWSER = join(ROOT, "test/fixtures/fake-browser.sh");
 // The remote command the tests give server.ts: the real client, run here.
 export const CLIENT_COMMAND = `exec ${process.execPath} --import tsx ${join(ROOT, "client.ts")}`;
+// What send.ts says to do when no server is connected on its host.
+export const START_SERVER = 'on the desktop, run "server.ts HOST" with this host\'s name';
 
 /** A fresh directory for this test, short enough for Unix socket paths, removed afterwards. */
 export function tempDir(t: TestContext): string {
@@ -83,7 +85,8 @@ export type Proc = {
   alive: () => boolean;
 };
 
-export type StartOptions = { env?: Record<string, string>; stdin?: "pipe" | "ignore"; uid?: number; gid?: number; cwd?: string };
+/** detached: in a process group of its own, as a terminal's foreground job is (its pid is the group's). */
+export type StartOptions = { env?: Record<string, string>; stdin?: "pipe" | "ignore"; uid?: number; gid?: number; cwd?: string; detached?: boolean };
 
 /** Starts a process with piped stdio; the test kills it in t.after if it is still alive. */
 export function start(t: TestContext, name: string, command: string, args: string[], options: StartOptions = {}): Proc {
@@ -93,6 +96,7 @@ export function start(t: TestContext, name: string, command: string, args: strin
     stdio: [options.stdin ?? "pipe", "pipe", "pipe"],
     uid: options.uid,
     gid: options.gid,
+    detached: options.detached,
   });
   let done = false;
   const exited = new Promise<Exit>((resolve) => {
@@ -214,7 +218,7 @@ export type Session = {
 export async function startSession(t: TestContext, extraArgs: string[] = [], options: {
   local?: boolean; dir?: string; socket?: string; ssh?: string; host?: string; remoteCommand?: (socket: string) => string; browser?: string;
   /** How to run server.ts instead of node with tsx, such as ["sh", "server.ts"]; and extra environment. */
-  serverVia?: string[]; env?: Record<string, string>;
+  serverVia?: string[]; env?: Record<string, string>; detached?: boolean;
 } = {}): Promise<Session> {
   const dir = options.dir ?? tempDir(t);
   const socket = options.socket ?? join(dir, "sock");
@@ -227,8 +231,8 @@ export async function startSession(t: TestContext, extraArgs: string[] = [], opt
   const transport = options.local ? ["--local"] : ["--ssh", options.ssh ?? FAKE_SSH, "--remote-command", remoteCommand];
   const args = [...transport, "--browser", options.browser ?? FAKE_BROWSER, ...extraArgs, options.host ?? "testhost"];
   const server = options.serverVia
-    ? start(t, "server.ts", options.serverVia[0], [...options.serverVia.slice(1), ...args], { env })
-    : startScript(t, "server.ts", args, { env });
+    ? start(t, "server.ts", options.serverVia[0], [...options.serverVia.slice(1), ...args], { env, detached: options.detached })
+    : startScript(t, "server.ts", args, { env, detached: options.detached });
   const hello = await server.stderr.waitFor(/connected: client pid \d+/, 15_000);
   const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
   t.after(() => killIfAlive(clientPid));
