@@ -580,6 +580,14 @@ function tryGiveThePath(socketPath: string, fromPath: string): boolean {
   }
 }
 
+// One may be leaving too, its socket gone since the list was read; or gone
+// just after PATH became it: it removes its socket before it looks whether it
+// holds PATH, so one that looked before would never know. Either way PATH
+// goes on to the next.
+function handedOn(socketPath: string, toPath: string): boolean {
+  return tryGiveThePath(socketPath, toPath) && existsSync(toPath);
+}
+
 // On the way out, taking turns: PATH goes to the most recent other client,
 // or away. (A dead one gets it if it died unnoticed; the others' watch
 // mends that.)
@@ -596,8 +604,7 @@ function leaveDesktops(): void {
     if (holdsPath && sameSocket(lstatSync(socketPath, { throwIfNoEntry: false }), desktops)) {
       // The last to leave but us may have removed the directory already.
       const others = existsSync(directory) ? readdirSync(directory).filter((name) => OWN_SOCKET_NAME.test(name)).sort().reverse() : [];
-      // One may be leaving too, its socket gone since the list was read.
-      if (!others.some((name) => tryGiveThePath(socketPath, `${directory}/${name}`))) unlinkSync(socketPath);
+      if (!others.some((name) => handedOn(socketPath, `${directory}/${name}`))) unlinkSync(socketPath);
     }
     if (turn) rmdirSync(directory);
   } catch {
