@@ -35,6 +35,22 @@
 // write the --log file (or --service's, or will not replace one it did not
 // write), 76 protocol mismatch, 128+N ended by signal N (130 Ctrl-C, 143
 // TERM, 129 HUP, 141 stderr closed).
+//
+// Map, in the order a URL travels (each section opens with a banner):
+//   Options            the command line and environment, the desktop's platform
+//   Installing         --install, provisioning a runtime, --uninstall (set-up)
+//   --service          a systemd user unit or launchd agent (set-up)
+//   Control dirs       the ssh masters' private sockets, the start-up sweep
+//   Hosts              a connection per HOST, --reconnect and its outage log
+//   Sleep              suspend, freeze and network change: probe every host
+//   One connection     ssh started, the client's hello awaited, why it ended
+//   The channel        backpressure, bounded lines, decoding
+//   The session        the client's messages: ping, standby, open ID URL
+//   Checks             scheme, length, characters: every URL again
+//   Loopback URLs      what leads to the remote loopback; the forwarder that
+//                      listens here and relays through the ssh master
+//   Opening            rate limit, the opener and its verdict, notifications
+//   The log            --log entries, the log budget, printable()
 
 import { spawn } from "node:child_process";
 import type { ChildProcess, ChildProcessWithoutNullStreams } from "node:child_process";
@@ -258,6 +274,10 @@ const STABLE_CONNECTION_MS = 60_000;
 const FAILURES_LOGGED = 3;
 const FIRST_SUMMARY_MS = 60_000;
 const MAX_SUMMARY_GAP_MS = 3_600_000;
+
+// ============================================================================
+// Options: what the command line and the environment ask for
+// ============================================================================
 
 type Options = {
   hosts: string[];
@@ -1168,11 +1188,15 @@ function uninstallReport(host: string, lines: string[], code: number | null, las
   return `${why}${lastError ? `: ${lastError}` : ""}`;
 }
 
-// --service: this server as a service of the desktop session, started with
-// it and restarted on failure, under --reconnect: a systemd user unit on
-// Linux, a launchd agent on macOS. It runs the runtime running this script
-// and this script by their absolute paths, with the options given here, so
-// that neither the service manager's PATH nor its directory changes what runs.
+// ============================================================================
+// --service: this server as a service of the desktop session
+// ============================================================================
+
+// Started with the session and restarted on failure, under --reconnect: a
+// systemd user unit on Linux, a launchd agent on macOS. It runs the runtime
+// running this script and this script by their absolute paths, with the
+// options given here, so that neither the service manager's PATH nor its
+// directory changes what runs.
 // Only a file that says it was written so is ever replaced or removed.
 // (No "--" in it: an XML comment cannot hold one.)
 const SERVICE_MARK = "Written by urlserver's server.ts, as a service";
@@ -1350,6 +1374,10 @@ function setUpService(service: { remove: boolean; args: string[] }): number {
   return 0;
 }
 
+// ============================================================================
+// Control directories: the ssh masters' private sockets, and the start-up sweep
+// ============================================================================
+
 // The ssh masters' control sockets give access to the connections, so they
 // live in a directory only this user can enter (mkdtemp makes it 0700). ssh
 // reads a ControlPath as words with %-tokens, and socket paths are short: a
@@ -1451,6 +1479,10 @@ function anySocketAnswers(directory: string): Promise<boolean> {
   }))).then((answers) => answers.includes(true));
 }
 
+// ============================================================================
+// Hosts: one per HOST, its connections and, with --reconnect, its outages
+// ============================================================================
+
 // What a host keeps whatever its connection: its rate limit and its log budget.
 type HostState = { takeToken: () => boolean; budget: LogBudget };
 
@@ -1541,6 +1573,10 @@ function duration(ms: number): string {
   return `${Math.floor(minutes / 60)} h${minutes % 60 ? ` ${minutes % 60} min` : ""}`;
 }
 
+// ============================================================================
+// Sleep, freezes and network changes: every connection probed at once
+// ============================================================================
+
 // Sleep, freezes and network changes. A connection whose network went away
 // while the desktop slept is otherwise found dead only after three silent
 // keepalive intervals. Every WAKE_CHECK_MS the clocks and the desktop's
@@ -1625,6 +1661,10 @@ function waitOrWake(ms: number): Promise<void> {
     onWake.add(done);
   });
 }
+
+// ============================================================================
+// One connection: ssh started, the client's hello awaited, why it ended
+// ============================================================================
 
 // The child whose stdin and stdout are the channel: ssh, or the client itself.
 function startConnection(host: string, options: Options, controlPath?: string): ChildProcessWithoutNullStreams | string {
@@ -1887,6 +1927,10 @@ function exitFailure(host: string, options: Options, code: number | null, signal
   return failureOf(`cannot start the client: the remote command exited ${code}${last}`, earlier);
 }
 
+// ============================================================================
+// The channel: answers held back while ssh is not reading, lines bounded and decoded
+// ============================================================================
+
 // Answers wait in ssh's stdin while the remote side is not reading them; then
 // the channel is not read either until they drain, so that a host that never
 // reads cannot make this server hold its answers without bound.
@@ -1953,6 +1997,10 @@ function decodeLine(line: Buffer, onLine: (line: string, problem?: string) => vo
   }
   onLine(text.replace(/\r$/, ""));
 }
+
+// ============================================================================
+// The session: what the client says, and what each URL is answered
+// ============================================================================
 
 // Another desktop's client has taken this host's socket path (its newest
 // client wins): this one stands by, still connected, and still opens URLs
@@ -2093,6 +2141,10 @@ function urlDecisions(host: string, options: Options, state: HostState, forwarde
   return openRequested;
 }
 
+// ============================================================================
+// Checks: every URL checked here again, whatever the client checked
+// ============================================================================
+
 // The server trusts nothing from the remote host: every check is made here again.
 function refusalReason(url: string, schemes: Set<string>): string | undefined {
   if (Buffer.byteLength(url) > MAX_URL_BYTES) return `URL longer than ${MAX_URL_BYTES} bytes`;
@@ -2109,6 +2161,10 @@ function refusalReason(url: string, schemes: Set<string>): string | undefined {
   if (!schemes.has(scheme)) return `scheme "${scheme}" is not allowed`;
   return undefined;
 }
+
+// ============================================================================
+// Loopback URLs: what leads to the remote loopback, names resolved, the forwarder
+// ============================================================================
 
 // Where a URL to the remote host's loopback leads, read from the host and
 // port that the WHATWG parser has made canonical: 127.1, 0x7f.1 and
@@ -2633,6 +2689,10 @@ function askMaster(ssh: string, controlPath: string, host: string, operation: "f
   });
 }
 
+// ============================================================================
+// Opening: the rate limit, the opener, the notification
+// ============================================================================
+
 // A token bucket: a burst at once, then a steady rate; rate 0 means no limit.
 function rateLimiter(perSecond: number, burst: number): () => boolean {
   let tokens = burst;
@@ -2726,6 +2786,10 @@ function notify(notifier: string[], host: string, url: string): void {
   child.on("error", (error) => log(host, `cannot notify: ${error.message}`));
   child.unref();
 }
+
+// ============================================================================
+// The log: --log, the log budget, and nothing printed raw
+// ============================================================================
 
 // The log holds every URL, tokens included: made owner-only (0600, whatever
 // the umask); an existing one that others may read is used, with a warning.
