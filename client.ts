@@ -79,7 +79,7 @@ stdout closed)
 
 // BEGIN exit stanza: identical in server.ts, client.ts and send.ts (test/stanza.test.ts)
 // The release, kept here so that the three copies and package.json must agree.
-const VERSION = "0.3.0";
+const VERSION = "0.4.0";
 // The runtime the first lines picked, how it reads TypeScript and where it
 // was found (PATH, a user's own install, the one --install provisioned):
 // --version says it (server.ts --install reports it from each host), so does the hello.
