@@ -14,6 +14,8 @@ export const ROOT = fileURLToPath(new URL("..", import.meta.url));
 export const FAKE_SSH = join(ROOT, "test/fixtures/fake-ssh.mjs");
 export const FAKE_BROWSER = join(ROOT, "test/fixtures/fake-browser.sh");
 // The remote command the tests give server.ts: the real client, run here.
+/** How long a test waits for a session's first hello before failing. */
+export const HELLO_WAIT_MS = 60_000;
 export const CLIENT_COMMAND = `exec ${process.execPath} --import tsx ${join(ROOT, "client.ts")}`;
 // What send.ts says to do when no server is connected on its host.
 export const START_SERVER = 'on the desktop, run "server.ts HOST" with this host\'s name';
@@ -233,7 +235,9 @@ export async function startSession(t: TestContext, extraArgs: string[] = [], opt
   const server = options.serverVia
     ? start(t, "server.ts", options.serverVia[0], [...options.serverVia.slice(1), ...args], { env, detached: options.detached })
     : startScript(t, "server.ts", args, { env, detached: options.detached });
-  const hello = await server.stderr.waitFor(/connected: client pid \d+/, 15_000);
+  // Not a promise, a bound: a loaded machine starting ssh, a login shell and
+  // the client under tsx has taken more than 15 s.
+  const hello = await server.stderr.waitFor(/connected: client pid \d+/, HELLO_WAIT_MS);
   const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
   t.after(() => killIfAlive(clientPid));
   // The server's one child at this point is its ssh.

@@ -178,11 +178,13 @@ describe("--reconnect", { concurrency: true }, () => {
       const starts = readFileSync(sshLog, "utf8").split("\n").filter(Boolean).map((line) => JSON.parse(line).startTicks as number);
       const gaps = starts.slice(1).map((at, i) => (at - starts[i]) / 100);
       t.diagnostic(`seconds between attempts: ${gaps.map((gap) => gap.toFixed(2)).join(", ")}`);
-      // Never sooner than the promised spacing (the host's load); how much
-      // later depends on this machine's load, so that is the bench's to say.
-      [1, 2, 4, 8, 8, 8].forEach((spacing, i) => {
-        assert.ok(gaps[i] > spacing - 0.05, `attempt ${i + 2} came ${gaps[i]} s after the one before, sooner than ${spacing} s`);
-      });
+      // Never sooner than the promised spacing, in all (the host's load): each
+      // start is the fake ssh's own, which load delays by a varying amount, so
+      // a single gap can look short; over six gaps that is one delay at most.
+      // How much later depends on this machine's load: the bench's to say.
+      const spacings = [1, 2, 4, 8, 8, 8];
+      const spanned = gaps.slice(0, spacings.length).reduce((sum, gap) => sum + gap, 0);
+      assert.ok(spanned > spacings.reduce((sum, s) => sum + s, 0) - 1, `attempts 1 to 7 came ${spanned} s apart in all: ${gaps.join(", ")}`);
       const failed = (rest: string) => new RegExp(`^\\S+Z build1: cannot connect: ssh exited 255: ${refused} ${rest}$`);
       const lines = server.stderr.seen;
       assert.equal(lines.length, 4, lines.join("\n"));
