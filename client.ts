@@ -133,7 +133,6 @@ const MAX_LINE_BYTES = 8192;
 const IDLE_MS = 10_000;
 // Enough for any real burst of senders; a flood of connections costs at most this many.
 const MAX_CONNECTIONS = 64;
-let openConnections = 0;
 // A connection is read only while its answers are few and being read: a
 // sender that writes and never reads cannot make this client hold much.
 const MAX_PENDING_ANSWERS = 16;
@@ -723,14 +722,33 @@ function forwardsHeard(list: string | undefined): void {
   if (list && /^(none|[0-9]{1,5}:[0-9]{1,5}(,[0-9]{1,5}:[0-9]{1,5}){0,63})$/.test(list)) forwards = list;
 }
 
+// The connections being served, MAX_CONNECTIONS at most. When every place is
+// taken, a new connection takes the place of the one idle longest (none of
+// its lines waiting or in flight), which is answered "error busy" as a
+// refused newcomer is: connections that sit idle or reconnect at once never
+// keep a fresh sender out. A newcomer is busy only when every place has a
+// line in flight.
+const places = new Set<ConnectionSession>();
+
 // One connection: URLs in, one line each; answers out in the same order.
 function serveConnection(connection: Socket): void {
-  if (openConnections >= MAX_CONNECTIONS) {
-    connection.write("error busy\n");
-    return finishWithout(connection);
+  if (places.size >= MAX_CONNECTIONS) {
+    const idlest = longestIdle();
+    if (!idlest) {
+      connection.write("error busy\n");
+      return finishWithout(connection);
+    }
+    idlest.giveUpPlace();
   }
-  openConnections += 1;
-  new ConnectionSession(connection);
+  places.add(new ConnectionSession(connection));
+}
+
+function longestIdle(): ConnectionSession | undefined {
+  let idlest: ConnectionSession | undefined;
+  for (const session of places) {
+    if (session.idle() && (!idlest || session.idleSince < idlest.idleSince)) idlest = session;
+  }
+  return idlest;
 }
 
 type Slot = { text?: string };
@@ -746,6 +764,8 @@ class ConnectionSession {
   buffered: Buffer = Buffer.alloc(0);
   closing: false | "refused" | "finishing" = false;
   linesTaken = 0;
+  // When its last line was taken or answered, or it connected.
+  idleSince = performance.now();
   quietTimer: ReturnType<typeof setTimeout> | undefined;
   idleTimer: ReturnType<typeof setTimeout> | undefined;
   readonly lifetime: ReturnType<typeof setTimeout>;
@@ -765,7 +785,7 @@ class ConnectionSession {
     connection.on("close", () => {
       for (const timer of [this.idleTimer, this.quietTimer, this.lifetime]) clearTimeout(timer);
       connectionsToWake.delete(this.wake);
-      openConnections -= 1;
+      places.delete(this);
     });
   }
 
@@ -793,6 +813,18 @@ class ConnectionSession {
     for (const slot of this.answers) slot.text ??= `error ${reason}`;
     this.refuseAndClose(reason);
     this.progress();
+  }
+
+  idle(): boolean {
+    return !this.closing && this.answers.length === 0 && !this.buffered.includes(10);
+  }
+
+  // Its place is wanted: a sender that has all its answers is ended as if it
+  // had been quiet; any other is told "busy" (no line of it was taken).
+  giveUpPlace(): void {
+    places.delete(this);
+    if (this.linesTaken > 0 && this.buffered.length === 0) return this.finish();
+    this.refuseAndClose("busy");
   }
 
   holding(): boolean {
@@ -843,6 +875,7 @@ class ConnectionSession {
     while (this.answers.length > 0 && this.answers[0].text !== undefined) {
       const { text } = this.answers.shift()!;
       if (!this.connection.destroyed) this.connection.write(`${text}\n`);
+      if (this.answers.length === 0) this.idleSince = performance.now();
     }
   }
 
@@ -857,6 +890,7 @@ class ConnectionSession {
         return true;
       }
       this.linesTaken += 1;
+      this.idleSince = performance.now();
       this.armIdle();
       // A status costs a place as a URL does: answered, then the connection ends.
       if (isStatusLine(line)) {
@@ -882,7 +916,9 @@ class ConnectionSession {
     return true;
   }
 
+  // Its answers are all out: its place is free for another sender now.
   finish(): void {
+    places.delete(this);
     this.closing = "finishing";
     finishWithout(this.connection);
   }

@@ -1,16 +1,19 @@
 // Ensures the client holds up under load: a bounded number of connections
-// (the excess answered "error busy"), that no sender holds a place for long
+// (an idle one giving its place to a newcomer, the excess answered "error
+// busy" only while every place has a line in flight, so that connections
+// that reconnect at once cannot keep send.ts out), that no sender holds a place for long
 // (a connection with every line answered is ended soon after, and none lasts
 // more than 60 s), flat memory under 1,000 idle connections and a burst of
 // URLs, every URL answered once; and that the server reaps every opener.
 
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
 import type { Socket } from "node:net";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { childrenOf, memoryOf, send, startSession, waitUntil } from "./helpers.ts";
+import { execFileSync } from "node:child_process";
+import { childrenOf, killIfAlive, memoryOf, needs, opened, send, startSession, waitUntil } from "./helpers.ts";
 
 /** Opens a raw connection and collects what comes back; destroyed in t.after. */
 function rawConnection(t: TestContext, socket: string) {
@@ -31,7 +34,7 @@ function rawConnection(t: TestContext, socket: string) {
   return { connection, connected, received: () => received, closed: () => closed };
 }
 
-test("at most 64 connections at once: the 65th is answered `error busy` and closed; a freed place is used again", { timeout: 30_000 }, async (t) => {
+test("64 connections at once; a 65th takes the place of the one idle longest, which is answered `error busy` and closed", { timeout: 30_000 }, async (t) => {
   const session = await startSession(t);
   const idle: Array<ReturnType<typeof rawConnection>> = [];
   for (let i = 0; i < 64; i++) {
@@ -39,23 +42,79 @@ test("at most 64 connections at once: the 65th is answered `error busy` and clos
     await raw.connected;
     idle.push(raw);
   }
+  const newcomer = rawConnection(t, session.socket);
+  newcomer.connection.end("https://example.org/in-an-idle-place\n");
+  await waitUntil(newcomer.closed, 5000, "the 65th connection's answer");
+  assert.equal(newcomer.received(), "ok\n");
+  await waitUntil(idle[0].closed, 5000, "the connection idle longest to be closed");
+  assert.equal(idle[0].received(), "error busy\n");
+  assert.ok(idle.slice(1).every((raw) => !raw.closed() && raw.received() === ""), "another accepted connection was disturbed");
+  assert.deepEqual(opened(session.browserLog).map(([, url]) => url), ["https://example.org/in-an-idle-place"]);
+});
+
+/**
+ * The client's accepted connections, each with the bytes it has not read yet
+ * (ss, Linux). Its socket was bound in PATH.d/ and renamed to PATH, and ss
+ * names it by where it was bound.
+ */
+function unreadOnPath(path: string): number[] {
+  const lines = execFileSync("ss", ["-xnH"], { encoding: "utf8" }).split("\n");
+  return lines.map((line) => line.trim().split(/\s+/)).filter((fields) => fields[4]?.startsWith(`${path}.d/`)).map((fields) => Number(fields[2]));
+}
+
+test("with a line in flight on each of the 64 places, a 65th connection is answered `error busy` and closed, and none of the 64 is disturbed", { timeout: 30_000 }, async (t) => {
+  if (!needs(t, existsSync("/usr/bin/ss") || existsSync("/bin/ss") ? undefined : "ss (Debian: iproute2)")) return;
+  const session = await startSession(t, ["--rate", "0"]);
+  // A stopped server answers nothing: every line the client takes stays in flight.
+  process.kill(session.server.pid, "SIGSTOP");
+  t.after(() => killIfAlive(session.server.pid, "SIGCONT"));
+  const inFlight: Array<ReturnType<typeof rawConnection>> = [];
+  for (let i = 0; i < 64; i++) {
+    const raw = rawConnection(t, session.socket);
+    await raw.connected;
+    raw.connection.write(`https://example.org/in-flight/${i}\n`);
+    inFlight.push(raw);
+  }
+  await waitUntil(() => {
+    const unread = unreadOnPath(session.socket);
+    return unread.length === 64 && unread.every((bytes) => bytes === 0);
+  }, 10_000, `the client to have read every line (${JSON.stringify(unreadOnPath(session.socket))})`);
   const excess = rawConnection(t, session.socket);
   await waitUntil(excess.closed, 5000, "the 65th connection to be closed");
   assert.equal(excess.received(), "error busy\n");
-  assert.ok(idle.every((raw) => !raw.closed() && raw.received() === ""), "an accepted connection was disturbed");
+  assert.ok(inFlight.every((raw) => !raw.closed() && raw.received() === ""), "a connection with a line in flight was disturbed");
+  process.kill(session.server.pid, "SIGCONT");
+  await waitUntil(() => inFlight.every((raw) => raw.received() === "ok\n"), 15_000, "each of the 64 lines answered ok");
+});
 
-  idle[0].connection.destroy();
-  // The client frees the place once it has seen the close, a moment after this end has.
-  const deadline = performance.now() + 5000;
-  let answer = "";
-  while (answer !== "ok\n" && performance.now() < deadline) {
-    const probe = rawConnection(t, session.socket);
-    probe.connection.end("https://example.org/after-a-place-freed\n");
-    await waitUntil(probe.closed, 5000, "the probe's answer");
-    answer = probe.received();
-    assert.ok(answer === "ok\n" || answer === "error busy\n", `unexpected answer ${JSON.stringify(answer)}`);
+/** A buggy helper: count connections, each one reconnecting at once when the client ends it, until the test ends. */
+function reconnectingConnections(t: TestContext, socket: string, count: number) {
+  const tally = { connections: 0, busy: 0, stopped: false };
+  t.after(() => { tally.stopped = true; });
+  const open = () => {
+    if (tally.stopped) return;
+    const raw = rawConnection(t, socket);
+    tally.connections++;
+    raw.connection.on("close", () => {
+      if (raw.received().startsWith("error busy")) tally.busy++;
+      setImmediate(open);
+    });
+  };
+  for (let i = 0; i < count; i++) open();
+  return tally;
+}
+
+test("64 idle connections that reconnect at once whenever ended do not hold the places: send.ts gets through, each URL opened once", { timeout: 60_000 }, async (t) => {
+  const session = await startSession(t);
+  const helper = reconnectingConnections(t, session.socket, 64);
+  await waitUntil(() => helper.connections >= 64, 5000, "the 64 connections");
+  const urls = ["https://example.org/past-the-holders/1", "https://example.org/past-the-holders/2", "https://example.org/past-the-holders/3"];
+  for (const url of urls) {
+    const result = await send(t, session, [url]);
+    assert.equal(result.code, 0, result.stderr);
   }
-  assert.equal(answer, "ok\n", "the freed place was never used again");
+  assert.deepEqual(opened(session.browserLog).map(([, url]) => url), urls);
+  assert.ok(helper.busy >= urls.length, `the holders were never told busy (${helper.busy})`);
 });
 
 test("memory stays flat under 1,000 connections opened and left idle", { timeout: 60_000 }, async (t) => {
@@ -68,7 +127,7 @@ test("memory stays flat under 1,000 connections opened and left idle", { timeout
     await Promise.all(opened.map((raw) => raw.connected));
     connections.push(...opened);
   }
-  // All but 64 are turned away; wait until the client has dealt with every one.
+  // Each beyond 64 takes the place of the one idle longest; wait until the client has ended every one given up.
   await waitUntil(() => connections.filter((raw) => raw.closed()).length === 1000 - 64, 20_000, "936 busy answers");
   assert.ok(connections.filter((raw) => raw.closed()).every((raw) => raw.received() === "error busy\n"));
   const after = memoryOf(session.clientPid);
