@@ -9,14 +9,14 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, ROOT, killIfAlive, needs, opened, run, send, start, startScript, startSession,
+  CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, HELLO_WAIT_MS, ROOT, killIfAlive, needs, opened, run, send, start, startScript, startSession,
   tempDir, waitForExit, waitUntil,
 } from "./helpers.ts";
 
 /** The client pid from the latest "HOST: connected" line. */
 async function connectedPid(server: ReturnType<typeof startScript>, host: string, after = 0): Promise<number> {
   const pattern = new RegExp(` ${host}: connected: client pid (\\d+)`);
-  await waitUntil(() => server.stderr.seen.filter((line) => pattern.test(line)).length > after, 15_000, `${host} to connect`);
+  await waitUntil(() => server.stderr.seen.filter((line) => pattern.test(line)).length > after, HELLO_WAIT_MS, `${host} to connect`);
   const lines = server.stderr.seen.filter((line) => pattern.test(line));
   return Number(pattern.exec(lines[lines.length - 1])![1]);
 }
@@ -78,7 +78,7 @@ test("send.ts --status: the desktop's name, since when, the client's runtime; ex
   const session = await startSession(t);
   const connected = await send(t, session, ["--status"]);
   assert.equal(connected.code, 0, connected.stderr);
-  assert.match(connected.stdout, new RegExp(`^connected to desktop "${hostname()}" since \\d{4}-\\d\\d-\\d\\dT\\S+Z \\(client pid ${session.clientPid} on node/\\S+ with tsx from /\\S+\\)$`));
+  assert.match(connected.stdout, new RegExp(`^connected to desktop "${hostname()}" since \\d{4}-\\d\\d-\\d\\dT\\S+Z \\(client pid ${session.clientPid} on node/\\S+( with tsx)? from /\\S+\\)$`));
 
   process.kill(session.server.pid, "SIGTERM");
   await waitForExit(session.server, 5000, "server");

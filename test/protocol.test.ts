@@ -9,7 +9,7 @@ import { existsSync, lstatSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { FAKE_BROWSER, ROOT, killIfAlive, run, startScript, tempDir, waitForExit, waitUntil, notOpened } from "./helpers.ts";
+import { FAKE_BROWSER, ROOT, killIfAlive, run, startScript, tempDir, waitForExit, waitUntil, notOpened, runtimeOf } from "./helpers.ts";
 
 const ROGUE_CLIENT = join(ROOT, "test/fixtures/rogue-client.mjs");
 
@@ -56,7 +56,7 @@ test("client.ts by hand: binds its socket before any exchange, says hello, answe
   // Nothing has been written to its stdin yet.
   assert.ok(lstatSync(socket).isSocket(), `${socket} is not a socket`);
   assert.equal(hello,
-    `hello urlserver/1 runtime=${encodeURIComponent(`node/${process.versions.node} with tsx from ${process.execPath}`)} pid=${client.pid} socket=${encodeURIComponent(socket)} version=${JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version}`);
+    `hello urlserver/1 runtime=${encodeURIComponent(runtimeOf())} pid=${client.pid} socket=${encodeURIComponent(socket)} version=${JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version}`);
 
   client.child.stdin!.write("ping\n");
   await client.stdout.waitFor(/^pong$/, 5000);

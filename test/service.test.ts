@@ -30,8 +30,9 @@ function execStart(unit: string): string[] {
 test("--service writes a systemd user unit that runs this server by absolute paths with --reconnect and the options; systemd-analyze verify accepts it", { timeout: 30_000 }, async (t) => {
   if (!needs(t, onPath("systemd-analyze") ? undefined : "systemd-analyze (Debian: systemd)")) return;
   const home = tempDir(t);
+  // As the Quick start runs it: Node with tsx, whose loader the unit must name too.
   const result = await run(t, "server.ts", ["--service", "--log", "urls.log", "--browser", FAKE_BROWSER, "--keepalive=20", "build1", "build2"],
-    { env: { HOME: home } });
+    { env: { HOME: home }, tsx: true });
   assert.equal(result.code, 0, result.stderr);
   const path = join(home, UNIT);
   assert.deepEqual(result.stdout.split("\n"), [

