@@ -230,8 +230,9 @@ test("inside tmux: the session's SSH_CONNECTION, updated by a later attach, wins
   const tmuxSocket = join(dir, "tmux");
   const tmux = (desk: Desk, ...args: string[]) => execFileSync("tmux", ["-S", tmuxSocket, "-f", "/dev/null", ...args],
     { env: { ...process.env, ...CLEAN, SSH_CONNECTION: sshConnection(desk) }, encoding: "utf8", timeout: 10_000 });
-  // Started from the office...
-  tmux(OFFICE, "new-session", "-d", "-s", "work", "-x", "80", "-y", "24");
+  // Started from the office (its first window a plain sh: the machine's own
+  // login files are no business of this test)...
+  tmux(OFFICE, "new-session", "-d", "-s", "work", "-x", "80", "-y", "24", "sh");
   t.after(() => spawnSync("tmux", ["-S", tmuxSocket, "kill-server"]));
   // ...attached later from home: tmux updates the session's SSH_CONNECTION (update-environment).
   start(t, "tmux attach", "script", ["-qfc", `tmux -S ${tmuxSocket} attach -t work`, "/dev/null"],
