@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  FAKE_BROWSER, Lines, ROOT, killIfAlive, opened, quoted, send, startScript, notOpened, startSession, tempDir, waitUntil,
+  FAKE_BROWSER, Lines, ROOT, killIfAlive, opened, pidFrom, quoted, send, startScript, notOpened, startSession, tempDir, waitUntil,
 } from "./helpers.ts";
 import type { Proc, Session } from "./helpers.ts";
 
@@ -162,8 +162,7 @@ test("the server checks everything again: a rogue client's bad URLs are refused,
   const server = startScript(t, "server.ts", ["--local", "--remote-command", rogue, "--browser", FAKE_BROWSER, "testhost"], {
     env: { FAKE_BROWSER_LOG: browserLog, ROGUE_REPLIES: replies, ROGUE_LINES: join(dir, "lines") },
   });
-  await waitUntil(() => existsSync(`${replies}.pid`), 10_000, "the rogue client to start");
-  const roguePid = Number(readFileSync(`${replies}.pid`, "utf8"));
+  const roguePid = await pidFrom(`${replies}.pid`, 10_000, "the rogue client");
   t.after(() => killIfAlive(roguePid));
   await server.stderr.waitFor(/testhost: connected: client pid \d+ on rogue, socket "x"/, 10_000);
 

@@ -154,12 +154,39 @@ export async function run(t: TestContext, script: "server.ts" | "client.ts" | "s
   return { ...exit, ms: exit.at - started, stdout: proc.stdout.text(), stderr: proc.stderr.text() };
 }
 
+/**
+ * Signals pid (a negative pid: its process group) unless it is gone. A pid
+ * that would reach this test's own process group, init or a process this one
+ * runs under (the test runner, npm, CI's shell) is a bug in the test: it
+ * throws rather than take the whole run down.
+ */
 export function killIfAlive(pid: number, signal: NodeJS.Signals = "SIGKILL"): void {
+  assert.ok(Number.isInteger(pid) && Math.abs(pid) > 1 && !ancestors().includes(Math.abs(pid)),
+    `refusing to signal pid ${pid}: this test's own process group, init, or a process this test runs under`);
   try {
     process.kill(pid, signal);
   } catch {
     // already gone
   }
+}
+
+/** This process, its process group and the processes it runs under, up to init (Linux /proc; just this one elsewhere). */
+function ancestors(): number[] {
+  const chain = [process.pid];
+  try {
+    const stat = readFileSync("/proc/self/stat", "utf8");
+    chain.push(Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]));
+    for (let pid = process.ppid; pid > 1 && chain.length < 64; pid = parentOf(pid)) chain.push(pid);
+  } catch {
+    // no /proc: the ones known
+  }
+  return chain;
+}
+
+/** The parent of pid, from /proc (Linux). */
+export function parentOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
 }
 
 /** Whether pid is still running; a zombie waiting for a stopped parent to reap it is not. */
@@ -210,6 +237,17 @@ export async function waitUntil(condition: () => boolean, timeoutMs: number, wha
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   return performance.now();
+}
+
+/**
+ * The pid a fixture wrote to path, once the file holds a whole line. Read as
+ * soon as it exists, a file being written is empty, and Number("") is 0: the
+ * pid that signals this test's whole process group (a CI run was SIGKILLed so).
+ */
+export async function pidFrom(path: string, timeoutMs: number, what: string): Promise<number> {
+  const line = () => (existsSync(path) ? readFileSync(path, "utf8") : "");
+  await waitUntil(() => /^\d+\n$/.test(line()), timeoutMs, `${what} to write its pid to ${path}`);
+  return Number(line());
 }
 
 /** The fake browser's record: one [argument count, last argument] per run. */

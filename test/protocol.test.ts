@@ -9,7 +9,7 @@ import { existsSync, lstatSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { FAKE_BROWSER, ROOT, killIfAlive, run, startScript, tempDir, waitForExit, waitUntil, notOpened, runtimeOf } from "./helpers.ts";
+import { FAKE_BROWSER, ROOT, killIfAlive, pidFrom, run, startScript, tempDir, waitForExit, waitUntil, notOpened, runtimeOf } from "./helpers.ts";
 
 const ROGUE_CLIENT = join(ROOT, "test/fixtures/rogue-client.mjs");
 
@@ -29,8 +29,7 @@ test("server whose client speaks urlserver/2 exits 76 naming both versions", { t
   const server = startScript(t, "server.ts", ["--local", "--remote-command", rogue, "--browser", FAKE_BROWSER, "testhost"], {
     env: { FAKE_BROWSER_LOG: join(dir, "opened"), ROGUE_REPLIES: replies, ROGUE_PROTOCOL: "urlserver/2" },
   });
-  await waitUntil(() => existsSync(`${replies}.pid`), 10_000, "the rogue client to start");
-  const roguePid = Number(readFileSync(`${replies}.pid`, "utf8"));
+  const roguePid = await pidFrom(`${replies}.pid`, 10_000, "the rogue client");
   t.after(() => killIfAlive(roguePid));
 
   const exit = await waitForExit(server, 10_000, "server");

@@ -10,9 +10,9 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { START_SERVER, clientExitsWithin, notOpened, opened, send, serverExitsWithin, startSession, waitForExit, waitUntil } from "./helpers.ts";
+import { START_SERVER, clientExitsWithin, notOpened, opened, parentOf, send, serverExitsWithin, startSession, waitForExit, waitUntil } from "./helpers.ts";
 import type { Session } from "./helpers.ts";
-import { commandOf, parentOf, startSshd } from "./fixtures/sshd.ts";
+import { commandOf, startSshd } from "./fixtures/sshd.ts";
 
 const PROMPT_MS = 1000;
 // Both ends must be gone within this long of the partition at --keepalive 1:
