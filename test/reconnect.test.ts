@@ -27,8 +27,10 @@ const BACK_WITHIN_MS = 15_000;
 const MAX_OUTAGE_LINES = 10;
 const PROMPT_MS = 1000;
 // After a freeze or sleep (with the network changed meanwhile): the probe's 3 s, and a new
-// connection, whose start a loaded machine stretches (12.7 s seen in npm test with the other core busy).
-const FROZEN_BACK_WITHIN_MS = 15_000;
+// connection, whose start a loaded machine stretches: the 10 s the issue asked for (12.7 s was
+// seen in npm test with the other core busy while the test host's logins ran root's pyenv
+// start-up, 5.2 s since they skip it).
+const FROZEN_BACK_WITHIN_MS = 10_000;
 
 async function reconnecting(t: TestContext): Promise<{ sshd: Sshd; session: Session } | undefined> {
   const sshd = await startSshd(t);
@@ -114,7 +116,7 @@ describe("--reconnect", { concurrency: true }, () => {
       assert.ok(outage.length <= MAX_OUTAGE_LINES, outage.join("\n"));
     });
 
-  test("over real ssh, default keepalive: frozen 20 s (SIGSTOP) while its connection is cut off, connected again within 15 s of SIGCONT; send.ts opens",
+  test("over real ssh, default keepalive: frozen 20 s (SIGSTOP) while its connection is cut off, connected again within 10 s of SIGCONT; send.ts opens",
     { timeout: 90_000 }, async (t) => {
       const sshd = await startSshd(t, { separateDesktop: true });
       if (!sshd) return;
