@@ -336,9 +336,14 @@ async function main(argv: string[]): Promise<number> {
   if (!options.noForwardReason && !options.local) {
     await removeLeftoverControlDirectories();
     const directory = makeControlDirectory();
-    // Pushed first, so run last: after the masters have been told to go.
-    cleanups.push(() => rmSync(directory, { recursive: true, force: true }));
-    options.controlDirectory = directory;
+    if (typeof directory === "string") {
+      // Pushed first, so run last: after the masters have been told to go.
+      cleanups.push(() => rmSync(directory, { recursive: true, force: true }));
+      options.controlDirectory = directory;
+    } else {
+      options.noForwardReason = "there is no safe directory here for ssh's control sockets";
+      process.stderr.write(`${PROGRAM}: loopback URLs will be refused, not forwarded: ${directory.refusal}\n`);
+    }
   }
   const live = new Set<ChildProcess>();
   cleanups.push(() => live.forEach((child) => child.kill("SIGTERM")));
@@ -1384,12 +1389,33 @@ function setUpService(service: { remove: boolean; args: string[] }): number {
 // temporary directory with spaces or a long name gives way to /tmp. The name
 // holds this server's pid and its PID namespace, so that a later server can
 // tell it is left over (a pid means nothing in another namespace).
-function makeControlDirectory(): string {
+//
+// Made only where no one else may rename what is ours: in a directory others
+// may write without the sticky bit, another user could swap this one for a
+// directory of theirs, and the masters' sockets (a way into every host) with
+// it. $TMPDIR first, else /tmp, else none, and loopback URLs are refused.
+function makeControlDirectory(): string | { refusal: string } {
   const prefix = `urlserver-${process.pid}-ns${pidNamespace() ?? "unknown"}-`;
-  const directory = mkdtempSync(join(tmpdir(), prefix));
-  if (/^[\w./-]+$/.test(directory) && directory.length <= MAX_CONTROL_DIRECTORY_LENGTH) return directory;
-  rmSync(directory, { recursive: true, force: true });
-  return mkdtempSync(`/tmp/${prefix}`);
+  const uid = process.getuid?.();
+  const reasons: string[] = [];
+  for (const base of new Set([tmpdir(), "/tmp"])) {
+    const unsafe = uid === undefined ? undefined : unsafePlace(base, uid);
+    if (unsafe) {
+      reasons.push(`"${base}": ${unsafe}`);
+      continue;
+    }
+    let directory: string;
+    try {
+      directory = mkdtempSync(join(base, prefix));
+    } catch (error) {
+      reasons.push(`"${base}": ${(error as NodeJS.ErrnoException).code ?? error}`);
+      continue;
+    }
+    if (/^[\w./-]+$/.test(directory) && directory.length <= MAX_CONTROL_DIRECTORY_LENGTH) return directory;
+    rmSync(directory, { recursive: true, force: true });
+    reasons.push(`"${base}": too long or unusual a path for a socket`);
+  }
+  return { refusal: `no safe directory for ssh's control sockets (${reasons.join("; ")})` };
 }
 
 // The PID namespace this process runs in, as Linux names it; "0" where there
@@ -1414,7 +1440,7 @@ async function removeLeftoverControlDirectories(): Promise<void> {
   const namespace = pidNamespace();
   if (uid === undefined || namespace === undefined) return;
   for (const base of new Set([tmpdir(), "/tmp"])) {
-    const unsafe = unsafeToSweep(base, uid);
+    const unsafe = unsafePlace(base, uid);
     if (unsafe) {
       process.stderr.write(`${PROGRAM}: not removing leftover control directories in "${base}": ${unsafe}\n`);
       continue;
@@ -1433,9 +1459,10 @@ async function removeLeftoverControlDirectories(): Promise<void> {
   }
 }
 
-// Removing recursively where others may rename entries races with them: a
-// directory anyone may write without the sticky bit (or another user's) is left alone.
-function unsafeToSweep(base: string, uid: number): string | undefined {
+// Making or removing a directory where others may rename entries races with
+// them: a directory anyone may write without the sticky bit (or another
+// user's) is neither swept nor used for a control directory.
+function unsafePlace(base: string, uid: number): string | undefined {
   let info;
   try {
     info = statSync(base);

@@ -3,17 +3,19 @@
 // directory of this user, made by a server of this PID namespace whose pid is
 // gone, in which no ssh master answers. A pid from another namespace (or a
 // 0.3.0 name, which does not say its namespace) cannot be told and is kept;
-// a TMPDIR others may write without the sticky bit is not swept at all; and
+// a TMPDIR others may write without the sticky bit is not swept at all, nor
+// given the control directory (and with no safe place, loopback URLs are
+// refused); and
 // servers starting together over many leftovers never trip over each other.
 
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, existsSync, linkSync, mkdirSync, readdirSync, readlinkSync } from "node:fs";
+import { chmodSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { startScript, startSession, tempDir, waitForExit, waitUntil } from "./helpers.ts";
+import { ROOT, TSX, needs, send, startScript, startSession, tempDir, waitForExit, waitUntil } from "./helpers.ts";
 
 const OUR_NAMESPACE = /^pid:\[(\d+)\]$/.exec(readlinkSync("/proc/self/ns/pid"))![1];
 
@@ -61,7 +63,7 @@ test("the sweep removes a leftover of this PID namespace, keeps what it cannot b
   assert.deepEqual(own.map((name) => name.replace(/-[A-Za-z0-9]{6}$/, "")), [`urlserver-${session.server.pid}-ns${OUR_NAMESPACE}`]);
 });
 
-test("a TMPDIR others may write without the sticky bit is not swept, saying so", { timeout: 60_000 }, async (t) => {
+test("a TMPDIR others may write without the sticky bit is not swept, saying so, nor given the control directory", { timeout: 60_000 }, async (t) => {
   const dir = tempDir(t);
   chmodSync(dir, 0o777);
   const pid = deadPid();
@@ -70,7 +72,46 @@ test("a TMPDIR others may write without the sticky bit is not swept, saying so",
   for (const path of left) assert.ok(existsSync(path), `${path} was removed`);
   await session.server.stderr.waitFor(new RegExp(
     `^server: not removing leftover control directories in "${dir}": others may write there \\(mode 777, no sticky bit\\)$`), 5000);
+  // Another user could rename the directory away there and put theirs in its place: /tmp (1777) instead.
+  const controlPath = controlPathOf(session.sshLog);
+  assert.match(controlPath, new RegExp(`^/tmp/urlserver-${session.server.pid}-ns${OUR_NAMESPACE}-\\w{6}/1$`));
+  assert.deepEqual(readdirSync(dir).filter((name) => name.startsWith(`urlserver-${session.server.pid}-`)), []);
 });
+
+test("with no safe place for the control directory (TMPDIR and /tmp both others' to rename in), loopback URLs are refused, saying why", { timeout: 60_000 }, async (t) => {
+  if (!needs(t, process.getuid?.() === 0 ? undefined : "root (for a mount namespace)")) return;
+  if (!needs(t, existsSync("/usr/bin/unshare") ? undefined : "unshare (Debian: util-linux)")) return;
+  // The test's files outside /tmp, which the server sees replaced by a 0777
+  // tmpfs without the sticky bit, and given as its TMPDIR.
+  const dir = mkdtempSync("/var/tmp/us-");
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const session = await startSession(t, [], {
+    dir,
+    serverVia: ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+      'mount -t tmpfs -o mode=0777 none /tmp && TMPDIR=/tmp exec "$@"', "sh", ...TSX, join(ROOT, "server.ts")],
+  });
+  const said = session.server.stderr.seen.find((line) => line.startsWith("server: loopback URLs will be refused"));
+  assert.equal(said, `server: loopback URLs will be refused, not forwarded: no safe directory for ssh's control sockets ` +
+    `("/tmp": others may write there (mode 777, no sticky bit))`);
+  assert.ok(!controlPathOrNone(session.sshLog), "ssh was given a control path");
+  const refused = await send(t, session, ["http://localhost:8123/callback"]);
+  assert.equal(refused.code, 65, refused.stderr);
+  assert.match(refused.stderr, /its port is on the remote host, and there is no safe directory here for ssh's control sockets/);
+  const opened = await send(t, session, ["https://example.org/still-opens"]);
+  assert.equal(opened.code, 0, opened.stderr);
+});
+
+/** The ControlPath the server gave its (fake) ssh, if any. */
+function controlPathOrNone(sshLog: string): string | undefined {
+  const { args } = JSON.parse(readFileSync(sshLog, "utf8").split("\n")[0]) as { args: string[] };
+  return args.find((arg) => arg.startsWith("ControlPath="))?.slice("ControlPath=".length);
+}
+
+function controlPathOf(sshLog: string): string {
+  const path = controlPathOrNone(sshLog);
+  assert.ok(path, "ssh was given no control path");
+  return path;
+}
 
 test("servers starting together over many leftovers all get past the sweep (none ends 70), and sweep them all", { timeout: 120_000 }, async (t: TestContext) => {
   const dir = tempDir(t);
