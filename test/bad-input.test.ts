@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  FAKE_BROWSER, Lines, ROOT, killIfAlive, opened, pidFrom, quoted, send, startScript, notOpened, startSession, tempDir, waitUntil,
+  FAKE_BROWSER, Lines, ROOT, killAtEnd, notOpened, opened, pidFrom, quoted, send, startScript, startSession, tempDir, waitUntil,
 } from "./helpers.ts";
 import type { Proc, Session } from "./helpers.ts";
 
@@ -163,7 +163,7 @@ test("the server checks everything again: a rogue client's bad URLs are refused,
     env: { FAKE_BROWSER_LOG: browserLog, ROGUE_REPLIES: replies, ROGUE_LINES: join(dir, "lines") },
   });
   const roguePid = await pidFrom(`${replies}.pid`, 10_000, "the rogue client");
-  t.after(() => killIfAlive(roguePid));
+  killAtEnd(t, roguePid);
   await server.stderr.waitFor(/testhost: connected: client pid \d+ on rogue, socket "x"/, 10_000);
 
   const answers = () => existsSync(replies) ? readFileSync(replies, "utf8").split("\n").filter((l) => /^(ok|error) /.test(l)) : [];

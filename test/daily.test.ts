@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, HELLO_WAIT_MS, ROOT, killIfAlive, needs, opened, run, send, start, startScript, startSession,
+  CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, HELLO_WAIT_MS, ROOT, killAtEnd, needs, opened, run, send, start, startScript, startSession,
   tempDir, waitForExit, waitUntil,
 } from "./helpers.ts";
 
@@ -30,7 +30,8 @@ test("two hosts in one terminal: one lost, the other keeps delivering; the serve
     "alpha", "beta"], { env: { FAKE_BROWSER_LOG: browserLog } });
   const alpha = await connectedPid(server, "alpha");
   const beta = await connectedPid(server, "beta");
-  t.after(() => [alpha, beta].forEach((pid) => killIfAlive(pid)));
+  killAtEnd(t, alpha);
+  killAtEnd(t, beta);
 
   process.kill(alpha, "SIGTERM");
   await server.stderr.waitFor(/ alpha: disconnected: /, 5000);
@@ -54,7 +55,7 @@ test("--reconnect: a lost connection is reconnected, logged, and delivers again"
   // Attempts start at least 1 s apart: the connection may have lasted that long already.
   await session.server.stderr.waitFor(/testhost: reconnecting( in (0\.\d|1) s)? \(attempt 2\)$/, 5000);
   const newPid = await connectedPid(session.server, "testhost", 1);
-  t.after(() => killIfAlive(newPid));
+  killAtEnd(t, newPid);
   assert.notEqual(newPid, session.clientPid);
   await session.server.stderr.waitFor(/testhost: reconnected after \d+\.\d s$/, 1000);
   const result = await send(t, session, ["https://example.org/after-reconnect"]);

@@ -7,7 +7,9 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
-import { isAlive, killIfAlive, needs, opened, send, start, startSession, tempDir, waitForExit, waitUntil, notOpened } from "./helpers.ts";
+import {
+  isAlive, killAtEnd, killIfAlive, needs, notOpened, opened, send, start, startSession, tempDir, waitForExit, waitUntil,
+} from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 
 /** Writes lines on one raw connection, half-closes, and returns the answers. */
@@ -165,7 +167,7 @@ test("an opener still running after 1 s (a browser in the foreground) counts as 
   const sent = performance.now();
   const answers = await rawExchange(session.socket, ["https://example.org/foreground"]);
   const ms = performance.now() - sent;
-  for (const pid of readFileSync(join(dir, "pids"), "utf8").split("\n").filter(Boolean)) t.after(() => killIfAlive(Number(pid)));
+  for (const pid of readFileSync(join(dir, "pids"), "utf8").split("\n").filter(Boolean)) killAtEnd(t, Number(pid));
   assert.deepEqual(answers, ["ok"]);
   t.diagnostic(`ok after ${Math.round(ms)} ms`);
   // Not before the second, and while the opener still runs (its 30 s sleep):

@@ -10,7 +10,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
-import { FAKE_BROWSER, ROOT, killIfAlive, notOpened, pidFrom, quoted, run, startScript, tempDir, waitUntil } from "./helpers.ts";
+import { FAKE_BROWSER, ROOT, killAtEnd, notOpened, pidFrom, quoted, run, startScript, tempDir, waitUntil } from "./helpers.ts";
 
 const ROGUE_CLIENT = join(ROOT, "test/fixtures/rogue-client.mjs");
 // What must never appear raw: C0 but the newline, DEL, C1, format (bidi, zero
@@ -40,7 +40,7 @@ test("a remote host's C1, bidi and separator characters: escaped on the terminal
     env: { FAKE_BROWSER_LOG: join(dir, "opened"), ROGUE_REPLIES: replies, ROGUE_LINES: join(dir, "lines") },
   });
   const roguePid = await pidFrom(`${replies}.pid`, 10_000, "the rogue client");
-  t.after(() => killIfAlive(roguePid));
+  killAtEnd(t, roguePid);
   await waitUntil(() => existsSync(replies) && readFileSync(replies, "utf8").includes("ok 5\n"), 15_000, "the answer to the good URL");
   await server.stderr.waitFor(/testhost: remote: .*stderr/, 5000);
 

@@ -7,7 +7,8 @@ import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import {
-  START_SERVER, clientExitsWithin, isAlive, killIfAlive, notOpened, send, serverExitsWithin, startScript, startSession, tempDir, waitForExit, waitUntil,
+  START_SERVER, clientExitsWithin, isAlive, killAtEnd, notOpened, send, serverExitsWithin, startScript, startSession, tempDir, waitForExit,
+  waitUntil,
 } from "./helpers.ts";
 
 // The product's promise for every row but the silent network.
@@ -120,7 +121,7 @@ test("network silently broken (ssh frozen): both ends exit within 3 x keepalive;
   const session = await startSession(t, ["--keepalive", String(keepalive)]);
   // A stopped relay carries nothing and closes nothing, like a dead network.
   process.kill(session.sshPid, "SIGSTOP");
-  t.after(() => killIfAlive(session.sshPid));
+  killAtEnd(t, session.sshPid);
   const frozen = performance.now();
   const exit = await serverExitsWithin(t, session, frozen, bound);
   assert.equal(exit.code, 69);

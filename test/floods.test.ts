@@ -14,8 +14,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import {
-  CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, HELLO_WAIT_MS, childrenOf, killIfAlive, memoryOf, send, startScript, startSession, tempDir, waitForExit,
-  waitUntil,
+  CLIENT_COMMAND, FAKE_BROWSER, FAKE_SSH, HELLO_WAIT_MS, childrenOf, killAtEnd, killIfAlive, memoryOf, send, startScript, startSession,
+  tempDir, waitForExit, waitUntil,
 } from "./helpers.ts";
 import type { Proc } from "./helpers.ts";
 
@@ -46,7 +46,7 @@ async function hostileSession(t: TestContext, script: string, extraArgs: string[
   const server = startScript(t, "server.ts", ["--ssh", FAKE_SSH, "--remote-command", remote, "--browser", FAKE_BROWSER,
     "--log", log, ...extraArgs, "hostile", "good"], { env });
   const hello = await server.stderr.waitFor(/good: connected: client pid \d+/, HELLO_WAIT_MS);
-  t.after(() => killIfAlive(Number(/client pid (\d+)/.exec(hello)![1])));
+  killAtEnd(t, Number(/client pid (\d+)/.exec(hello)![1]));
   // The remote sides (and the flood) run under the fake ssh processes, not under the server.
   for (const ssh of childrenOf(server.pid)) t.after(() => killRemote(ssh));
   return { server, dir, env, go: () => writeFileSync(go, ""), log };

@@ -22,7 +22,10 @@ import { connect } from "node:net";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { FAKE_BROWSER, HELLO_WAIT_MS, ROOT, isAlive, killIfAlive, needs, notOpened, opened, run, send, start, startSession, tempDir, waitForExit, waitUntil } from "./helpers.ts";
+import {
+  FAKE_BROWSER, HELLO_WAIT_MS, ROOT, isAlive, killAtEnd, needs, notOpened, opened, run, send, start, startSession, tempDir, waitForExit,
+  waitUntil,
+} from "./helpers.ts";
 import type { Session } from "./helpers.ts";
 import { commandOf, startSshd } from "./fixtures/sshd.ts";
 import type { Sshd } from "./fixtures/sshd.ts";
@@ -128,7 +131,7 @@ test("an ssh master that never answers a forward request: refused after 10 s, th
   await waitUntil(() => forwardRequests(session).length === 1, 10_000, "the forward request");
   const request = Number(JSON.parse(readFileSync(session.sshLog, "utf8").split("\n")[1]).pid);
   // Should the server not be there to kill it, the test does.
-  t.after(() => killIfAlive(request));
+  killAtEnd(t, request);
   const result = await sending;
   assert.equal(result.code, 65, result.stderr);
   assert.equal(result.stderr, notOpened([`send: refused ${JSON.stringify(url)}: forwarding desktop port 8125 took longer than 10 s`], [url]));
@@ -513,7 +516,7 @@ test("over real ssh: two hosts cannot both have one desktop port: the second hos
   for (const host of ["sshd-host", "sshd-host2"]) {
     const hello = await server.stderr.waitFor(new RegExp(`Z ${host}: connected: client pid \\d+`), HELLO_WAIT_MS);
     const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
-    t.after(() => killIfAlive(clientPid));
+    killAtEnd(t, clientPid);
   }
   await tokenServer(t, sshd.namespace, 8129, TOKEN);
   const url = "http://127.0.0.1:8129/cb";

@@ -27,7 +27,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import { setImmediate as nextTurn } from "node:timers/promises";
-import { ROOT, TSX, isAlive, killIfAlive, pidFrom, startScript, startSession, tempDir, waitUntil } from "./helpers.ts";
+import { ROOT, TSX, isAlive, killAtEnd, pidFrom, startScript, startSession, tempDir, waitUntil } from "./helpers.ts";
 import type { Proc } from "./helpers.ts";
 
 const SEED = envInteger("FUZZ_SEED", 20251125);
@@ -662,7 +662,7 @@ async function throwAtChannel(t: TestContext, input: Buffer, banner: Buffer, chu
     tsx: true,
   });
   const fixturePid = await pidFrom(`${replies}.pid`, 10_000, "the fuzz-channel client");
-  t.after(() => killIfAlive(fixturePid));
+  killAtEnd(t, fixturePid);
   await server.stderr.waitFor(/fuzzhost: connected: client pid \d+ on fuzz, socket "x"/, 10_000);
 
   const replyLines = () => existsSync(replies) ? readFileSync(replies, "latin1").split("\n").slice(0, -1) : [];

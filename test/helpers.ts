@@ -123,7 +123,8 @@ export function start(t: TestContext, name: string, command: string, args: strin
       resolve({ code, signal, at: performance.now() });
     });
   });
-  t.after(() => killIfAlive(child.pid!));
+  // Not once it has exited: by then its pid may be another process's.
+  t.after(() => { if (!done) killIfAlive(child.pid!); });
   return {
     child,
     pid: child.pid!,
@@ -167,6 +168,29 @@ export function killIfAlive(pid: number, signal: NodeJS.Signals = "SIGKILL"): vo
     process.kill(pid, signal);
   } catch {
     // already gone
+  }
+}
+
+/**
+ * Kills pid (SIGKILL) when the test ends, if it is still the process it is
+ * now: pids wrap (at 32768 here, about once a suite), and one that has ended
+ * meanwhile may be another test's process by then. Told apart by the kernel's
+ * start time.
+ */
+export function killAtEnd(t: TestContext, pid: number): void {
+  const started = startTimeOf(pid);
+  t.after(() => {
+    if (started !== undefined && startTimeOf(pid) === started) killIfAlive(pid);
+  });
+}
+
+/** When pid started, in clock ticks since boot (Linux /proc); undefined once it is gone. */
+function startTimeOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
   }
 }
 
@@ -301,10 +325,10 @@ export async function startSession(t: TestContext, extraArgs: string[] = [], opt
   // the client under tsx has taken more than 15 s.
   const hello = await server.stderr.waitFor(/connected: client pid \d+/, HELLO_WAIT_MS);
   const clientPid = Number(/client pid (\d+)/.exec(hello)![1]);
-  t.after(() => killIfAlive(clientPid));
+  killAtEnd(t, clientPid);
   // The server's one child at this point is its ssh.
   const sshPid = options.local ? 0 : childrenOf(server.pid)[0];
-  if (sshPid) t.after(() => killIfAlive(sshPid));
+  if (sshPid) killAtEnd(t, sshPid);
   await waitUntil(() => existsSync(socket), 2000, `socket ${socket}`);
   return { dir, socket, browserLog, sshLog, server, clientPid, sshPid, env };
 }

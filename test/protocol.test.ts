@@ -9,7 +9,9 @@ import { existsSync, lstatSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
-import { FAKE_BROWSER, ROOT, killIfAlive, pidFrom, run, startScript, tempDir, waitForExit, waitUntil, notOpened, runtimeOf } from "./helpers.ts";
+import {
+  FAKE_BROWSER, ROOT, killAtEnd, notOpened, pidFrom, run, runtimeOf, startScript, tempDir, waitForExit, waitUntil,
+} from "./helpers.ts";
 
 const ROGUE_CLIENT = join(ROOT, "test/fixtures/rogue-client.mjs");
 
@@ -30,7 +32,7 @@ test("server whose client speaks urlserver/2 exits 76 naming both versions", { t
     env: { FAKE_BROWSER_LOG: join(dir, "opened"), ROGUE_REPLIES: replies, ROGUE_PROTOCOL: "urlserver/2" },
   });
   const roguePid = await pidFrom(`${replies}.pid`, 10_000, "the rogue client");
-  t.after(() => killIfAlive(roguePid));
+  killAtEnd(t, roguePid);
 
   const exit = await waitForExit(server, 10_000, "server");
   assert.equal(exit.code, 76, server.stderr.text());
