@@ -26,9 +26,11 @@
 // Runtimes), in "/" so that nothing in the current directory is read. Or:
 //   npx tsx client.ts [--socket PATH]            Node 20+ with tsx
 //   node client.ts [--socket PATH]               Node 22.18+ (type stripping)
-//   deno run --allow-read --allow-write --allow-net \
+//   deno run --no-prompt --no-config --allow-read --allow-write --allow-net \
 //     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,SSH_CONNECTION --allow-sys client.ts
 //   bun client.ts
+// (these four read the current directory's node_modules, .npmrc, package.json,
+// bunfig.toml or .env: only where you trust it).
 //
 // It exits when its stdin (the channel from the server) ends, when the server
 // has been silent for three heartbeat intervals, or on a signal, and removes

@@ -25,12 +25,15 @@
 //   ./send.ts URL...                             the first runtime found (above)
 //   npx tsx send.ts URL...                       Node 20+ with tsx
 //   node send.ts URL...                          Node 22.18+ (type stripping)
-//   deno run --allow-read --allow-write --allow-net \
+//   deno run --no-prompt --no-config --allow-read --allow-write --allow-net \
 //     --allow-env=URLSERVER_SOCKET,XDG_RUNTIME_DIR,URLSERVER_DESKTOP,SSH_CONNECTION,TMUX,TMUX_PANE,NODE_V8_COVERAGE \
 //     --allow-run=tmux --allow-sys=uid send.ts URL...
 //   bun send.ts URL...           (Bun drops a "--" right after the script name)
 // (Deno runs tmux only to ask it for SSH_CONNECTION; its child_process reads
-// NODE_V8_COVERAGE.)
+// NODE_V8_COVERAGE.) Started those ways, npx, Node and Bun read the current
+// directory (node_modules, .npmrc, package.json, bunfig.toml, .env): as
+// $BROWSER, which runs in whatever repository you are in, use ./send.ts,
+// whose lines above start the runtime in "/".
 //
 // With several desktops serving this host, each URL goes to the one this
 // session came from (its SSH_CONNECTION, asked of tmux inside tmux), else to

@@ -23,7 +23,7 @@
 //   ./server.ts HOST                             the first runtime found (above)
 //   npx tsx server.ts HOST                       Node 20+ with tsx
 //   node server.ts HOST                          Node 22.18+ (type stripping)
-//   deno run --allow-run --allow-read --allow-write --allow-env --allow-sys --allow-net server.ts HOST
+//   deno run --no-prompt --no-config --allow-run --allow-read --allow-write --allow-env --allow-sys --allow-net server.ts HOST
 //   bun server.ts HOST
 //   ./server.ts --install HOST                   put client.ts, send.ts on HOST,
 //                                                and a runtime where it has none
