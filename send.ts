@@ -67,10 +67,12 @@ Options:
   --socket PATH       the client's socket (default: $URLSERVER_SOCKET, else
                       $XDG_RUNTIME_DIR/urlserver.sock, else /tmp/urlserver-UID/sock)
   --timeout SECONDS   give up waiting for the desktop after this long, from 1
-                      to 2147483 (default: 10)
+                      to 2147483 (default: 10); a client busy with a URL in
+                      flight on each of its places is asked again meanwhile
   --status            say whether a desktop is connected on this host, and since
                       when; every desktop, with several, and which one is used
-  --verbose           say which desktop opened the URLs
+  --verbose           say which desktop opened the URLs, and when the client
+                      was busy
   -h, --help          show this help
   --version           print the version, and the runtime running this and its path
   --                  end of options: what follows is a URL even if it starts with -
@@ -201,10 +203,20 @@ async function main(argv: string[]): Promise<number> {
   const sent = urls.flatMap((url, i) => answers[i] === undefined ? [i] : []);
   const failure = refusal ?? route!.refusal;
   const outcome: Outcome = failure ? { answers: [], failure: () => failure }
-    : sent.length ? await exchangeChecked(route!.path, sent.map((i) => urls[i]), timeoutSeconds) : { answers: [] };
+    : sent.length ? await exchangeChecked(route!.path, sent.map((i) => urls[i]), timeoutSeconds, verbose ? sayBusyOnce() : undefined)
+    : { answers: [] };
   outcome.answers.forEach((answer, k) => { answers[sent[k]] = answer; });
   if (verbose && outcome.answers.includes("ok")) await reportWhere(route!, urls, answers);
   return reportDelivery(urls, answers, outcome.failure?.(quoted(urls[sent[outcome.answers.length]] ?? "")));
+}
+
+// --verbose: one line the first time the client is busy (sent again meanwhile).
+function sayBusyOnce(): () => void {
+  let said = false;
+  return () => {
+    if (!said) process.stderr.write(`${PROGRAM}: the client is busy (a URL in flight on each of its places): sending again until the timeout\n`);
+    said = true;
+  };
 }
 
 function report(message: string, code: number): number {
@@ -428,18 +440,31 @@ const START_SERVER = 'on the desktop, run "server.ts HOST" with this host\'s nam
 // checkSocket, then exchange. A client taking the path over renames its
 // socket there (see Several desktops): a socket replaced while connecting,
 // nothing written yet, is checked and connected to again, twice at most.
-async function exchangeChecked(socketPath: string, lines: string[], timeoutSeconds: number): Promise<Outcome> {
+// A client with a line in flight on every place answers `error busy` and
+// takes none of this connection's lines: they are sent again, 0.1 s later,
+// then 0.2, 0.4 ... 1 s apart, until the timeout (onBusy told each time).
+async function exchangeChecked(socketPath: string, lines: string[], timeoutSeconds: number, onBusy?: () => void): Promise<Outcome> {
+  const deadline = performance.now() + timeoutSeconds * 1000;
+  let pause = 100;
   for (let attempt = 1; ; attempt++) {
     const found = checkSocket(socketPath);
     if ("code" in found) return { answers: [], failure: () => found };
-    const outcome = await exchange(socketPath, found, lines, timeoutSeconds);
+    const outcome = await exchange(socketPath, found, lines, timeoutSeconds, deadline);
     const replaced = outcome.answers.length === 0 && outcome.failure?.("").message.endsWith(": it was replaced while connecting");
-    if (!replaced || attempt === 3) return outcome;
+    const busy = outcome.answers[0] === "error busy" && performance.now() + pause < deadline;
+    if (busy) {
+      onBusy?.();
+      await new Promise((resolve) => setTimeout(resolve, pause));
+      pause = Math.min(pause * 2, 1000);
+    } else if (!replaced || attempt >= 3) {
+      return outcome;
+    }
   }
 }
 
-// Writes every line, half-closes, then reads one answer per line, in order.
-function exchange(socketPath: string, found: Found, lines: string[], timeoutSeconds: number): Promise<Outcome> {
+// Writes every line, half-closes, then reads one answer per line, in order,
+// until the deadline (performance.now()) of the whole timeout.
+function exchange(socketPath: string, found: Found, lines: string[], timeoutSeconds: number, deadline: number): Promise<Outcome> {
   return new Promise((resolve) => {
     const socket = connect(found.path);
     const answers: string[] = [];
@@ -454,7 +479,7 @@ function exchange(socketPath: string, found: Found, lines: string[], timeoutSeco
       resolve({ answers, failure });
     };
     const timer = setTimeout(() => finish((pending) => ({
-      code: 75, message: `timed out after ${timeoutSeconds} s waiting for the desktop to open ${pending}` })), timeoutSeconds * 1000);
+      code: 75, message: `timed out after ${timeoutSeconds} s waiting for the desktop to open ${pending}` })), Math.max(0, deadline - performance.now()));
 
     socket.on("connect", () => {
       const replaced = sameSocket(socketPath, found);

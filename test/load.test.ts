@@ -11,7 +11,10 @@ import { existsSync, readFileSync } from "node:fs";
 import { test } from "node:test";
 import type { TestContext } from "node:test";
 import { execFileSync } from "node:child_process";
-import { childrenOf, killIfAlive, memoryOf, needs, opened, rawConnection, send, startSession, waitUntil } from "./helpers.ts";
+import {
+  childrenOf, killIfAlive, memoryOf, needs, opened, rawConnection, run, send, startScript, startSession, waitForExit, waitUntil,
+} from "./helpers.ts";
+import type { Session } from "./helpers.ts";
 
 test("64 connections at once; a 65th takes the place of the one idle longest, which is answered `error busy` and closed", { timeout: 30_000 }, async (t) => {
   const session = await startSession(t);
@@ -41,10 +44,11 @@ function unreadOnPath(path: string): number[] {
   return lines.map((line) => line.trim().split(/\s+/)).filter((fields) => fields[4]?.startsWith(`${path}.d/`)).map((fields) => Number(fields[2]));
 }
 
-test("with a line in flight on each of the 64 places, a 65th connection is answered `error busy` and closed, and none of the 64 is disturbed", { timeout: 30_000 }, async (t) => {
-  if (!needs(t, existsSync("/usr/bin/ss") || existsSync("/bin/ss") ? undefined : "ss (Debian: iproute2)")) return;
-  const session = await startSession(t, ["--rate", "0"]);
-  // A stopped server answers nothing: every line the client takes stays in flight.
+/**
+ * Stops the server (a stopped server answers nothing) and puts a line in
+ * flight on each of the client's 64 places: every line read by the client.
+ */
+async function everyPlaceInFlight(t: TestContext, session: Session) {
   process.kill(session.server.pid, "SIGSTOP");
   t.after(() => killIfAlive(session.server.pid, "SIGCONT"));
   const inFlight: Array<ReturnType<typeof rawConnection>> = [];
@@ -58,12 +62,41 @@ test("with a line in flight on each of the 64 places, a 65th connection is answe
     const unread = unreadOnPath(session.socket);
     return unread.length === 64 && unread.every((bytes) => bytes === 0);
   }, 10_000, `the client to have read every line (${JSON.stringify(unreadOnPath(session.socket))})`);
+  return inFlight;
+}
+
+const HAS_SS = existsSync("/usr/bin/ss") || existsSync("/bin/ss") ? undefined : "ss (Debian: iproute2)";
+
+test("with a line in flight on each of the 64 places, a 65th connection is answered `error busy` and closed, and none of the 64 is disturbed", { timeout: 30_000 }, async (t) => {
+  if (!needs(t, HAS_SS)) return;
+  const session = await startSession(t, ["--rate", "0"]);
+  const inFlight = await everyPlaceInFlight(t, session);
   const excess = rawConnection(t, session.socket);
   await waitUntil(excess.closed, 5000, "the 65th connection to be closed");
   assert.equal(excess.received(), "error busy\n");
   assert.ok(inFlight.every((raw) => !raw.closed() && raw.received() === ""), "a connection with a line in flight was disturbed");
   process.kill(session.server.pid, "SIGCONT");
   await waitUntil(() => inFlight.every((raw) => raw.received() === "ok\n"), 15_000, "each of the 64 lines answered ok");
+});
+
+test("send.ts meeting a client busy on every place sends again until its timeout: its URL opens once, when a place frees", { timeout: 60_000 }, async (t) => {
+  if (!needs(t, HAS_SS)) return;
+  const session = await startSession(t, ["--rate", "0"]);
+  const inFlight = await everyPlaceInFlight(t, session);
+  // Busy past its timeout: a refusal, the URL printed to be opened by hand.
+  const short = await run(t, "send.ts", ["--timeout", "1", "https://example.org/gave-up"], { env: session.env });
+  assert.equal(short.code, 65, short.stderr);
+  assert.equal(short.stderr, 'send: refused "https://example.org/gave-up": busy\nhttps://example.org/gave-up');
+  const url = "https://example.org/after-waiting";
+  const sender = startScript(t, "send.ts", ["--verbose", "--timeout", "30", url], { env: session.env, stdin: "ignore" });
+  await sender.stderr.waitFor(/^send: the client is busy \(a URL in flight on each of its places\): sending again until the timeout$/, 15_000);
+  assert.ok(sender.alive(), "send.ts gave up on busy");
+  process.kill(session.server.pid, "SIGCONT");
+  const exit = await waitForExit(sender, 35_000, "send.ts");
+  assert.equal(exit.code, 0, sender.stderr.text());
+  await waitUntil(() => inFlight.every((raw) => raw.received() === "ok\n"), 15_000, "each of the 64 lines answered ok");
+  assert.equal(opened(session.browserLog).filter(([, each]) => each === url).length, 1);
+  assert.equal(sender.stderr.seen.filter((line) => /client is busy/.test(line)).length, 1, sender.stderr.text());
 });
 
 /** A buggy helper: count connections, each one reconnecting at once when the client ends it, until the test ends. */
