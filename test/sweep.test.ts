@@ -82,13 +82,17 @@ test("with no safe place for the control directory (TMPDIR and /tmp both others'
   if (!needs(t, process.getuid?.() === 0 ? undefined : "root (for a mount namespace)")) return;
   if (!needs(t, existsSync("/usr/bin/unshare") ? undefined : "unshare (Debian: util-linux)")) return;
   // The test's files outside /tmp, which the server sees replaced by a 0777
-  // tmpfs without the sticky bit, and given as its TMPDIR.
+  // tmpfs without the sticky bit, and given as its TMPDIR; the project's
+  // directory (in /tmp, maybe, as a CI clone) bound back into place.
   const dir = mkdtempSync("/var/tmp/us-");
   t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const stash = join(dir, "project");
+  mkdirSync(stash);
   const session = await startSession(t, [], {
     dir,
     serverVia: ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-      'mount -t tmpfs -o mode=0777 none /tmp && TMPDIR=/tmp exec "$@"', "sh", ...TSX, join(ROOT, "server.ts")],
+      'mount --bind "$1" "$2" && mount -t tmpfs -o mode=0777 none /tmp && mkdir -p "$1" && mount --bind "$2" "$1" && shift 2 && TMPDIR=/tmp exec "$@"',
+      "sh", ROOT, stash, ...TSX, join(ROOT, "server.ts")],
   });
   const said = session.server.stderr.seen.find((line) => line.startsWith("server: loopback URLs will be refused"));
   assert.equal(said, `server: loopback URLs will be refused, not forwarded: no safe directory for ssh's control sockets ` +
